@@ -1,0 +1,19 @@
+"""ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs."""
+
+from .sampler import NonFiniteError, SampleStep, invert, sample, sample_iter
+from .schedule import NoiseSchedule
+from .step import StepOutput, ddim_sigma, ddim_step, predict_x0_eps
+
+__all__ = [
+    "NoiseSchedule",
+    "NonFiniteError",
+    "SampleStep",
+    "StepOutput",
+    "ddim_sigma",
+    "ddim_step",
+    "invert",
+    "predict_x0_eps",
+    "sample",
+    "sample_iter",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Reproducible Gaussian noise: one generator, one generator per sample, or the global RNG.
+
+Noise is drawn in float32 on the generator's device and then moved to the sample's device and
+dtype, so a CPU generator gives the same numbers whether the sampler runs on CPU or CUDA. With a
+list of generators, sample j draws only from ``generator[j]`` (its x_T first, then one draw per
+noisy step), so a sample does not depend on the batch it lands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def check_generators(generator: Generators, batch_size: int, device: torch.device) -> Generators:
+    """Validate ``generator`` for a batch on ``device``; returns it (a list as a list).
+
+    A generator must live on the CPU or on ``device``; a list must hold ``batch_size``
+    generators, all on one device.
+    """
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        _check_device(generator.device, device, "generator")
+        return generator
+    if not isinstance(generator, Sequence) or not all(
+        isinstance(g, torch.Generator) for g in generator
+    ):
+        raise TypeError("generator must be a torch.Generator or a list of them, got "
+                        f"{type(generator).__name__}")
+    gens = list(generator)
+    if len(gens) != batch_size:
+        raise ValueError(f"generator list must have one generator per sample: "
+                         f"batch size {batch_size}, got {len(gens)} generators")
+    if len({g.device for g in gens}) > 1:
+        raise ValueError("all generators in the list must be on one device, got "
+                         f"{sorted({str(g.device) for g in gens})}")
+    _check_device(gens[0].device, device, "generator list")
+    return gens
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device,
+          dtype: torch.dtype) -> torch.Tensor:
+    """A standard normal tensor of ``shape`` (batch first) on ``device`` in ``dtype``."""
+    if generator is None:
+        return torch.randn(tuple(shape), device=device, dtype=torch.float32).to(dtype)
+    if isinstance(generator, torch.Generator):
+        z = torch.randn(tuple(shape), generator=generator, device=generator.device,
+                        dtype=torch.float32)
+    else:
+        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device,
+                                     dtype=torch.float32) for g in generator])
+    return z.to(device=device, dtype=dtype)
+
+
+class NoiseSource:
+    """Draws successive N(0, I) tensors of one shape into reused buffers (no per-step allocation).
+
+    The returned tensor is overwritten by the next call: use it before drawing again.
+    """
+
+    def __init__(self, shape: Sequence[int], generator: Generators, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self._generator = generator
+        draw_device = device if generator is None else _generator_device(generator)
+        self._draw = torch.empty(tuple(shape), device=draw_device, dtype=torch.float32)
+        same = draw_device == device and dtype == torch.float32
+        if not same and draw_device.type == "cpu" and device.type == "cuda":
+            self._draw = self._draw.pin_memory()
+        self._out = self._draw if same else torch.empty(tuple(shape), device=device, dtype=dtype)
+
+    def __call__(self) -> torch.Tensor:
+        """The next draw, shaped like the sample."""
+        g = self._generator
+        if g is None or isinstance(g, torch.Generator):
+            self._draw.normal_(generator=g)
+        else:
+            for row, gen in zip(self._draw, g, strict=True):
+                row.normal_(generator=gen)
+        if self._out is not self._draw:
+            self._out.copy_(self._draw, non_blocking=True)
+        return self._out
+
+
+def _generator_device(generator: Generators) -> torch.device:
+    g = generator if isinstance(generator, torch.Generator) else generator[0]
+    return torch.device(g.device)
+
+
+def _check_device(gen_device: torch.device, device: torch.device, what: str) -> None:
+    gen_device = torch.device(gen_device)
+    if gen_device.type != "cpu" and not _same_device(gen_device, device):
+        raise ValueError(f"{what} is on {gen_device} but samples are on {device}; use a CPU "
+                         f"generator (same numbers on every device) or one on {device}")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == (
+        b.index if b.index is not None else current)

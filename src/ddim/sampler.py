@@ -1,0 +1,365 @@
+"""The DDIM loop: ``sample_iter`` yields every step, ``sample`` drains it, ``invert`` encodes.
+
+All arguments are checked once, up front; the loop itself only calls the model, checks the
+output's shape (a Python comparison) and applies :func:`ddim.step.ddim_step` with per-step
+scalars computed once per call. It never synchronises with the device: finiteness of the model
+output is recorded per step as a 0-dim device tensor and checked once at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import noise as _noise
+from ._checks import check_choice, check_eta, check_int
+from .models import ModelFn, as_model_fn, fit_output, model_device_dtype, model_sample_shape
+from .schedule import FINAL_ALPHAS, SPACINGS, NoiseSchedule
+from .step import PREDICTION_TYPES, ddim_step, predict_x0_eps, step_coefficients
+
+DEFAULT_STEPS = 50
+
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], Any]
+
+
+class NonFiniteError(ValueError):
+    """The model returned NaN or inf; ``step`` and ``timestep`` say where it first happened."""
+
+    def __init__(self, message: str, step: int, timestep: int) -> None:
+        super().__init__(message)
+        self.step, self.timestep = step, timestep
+
+
+@dataclass(frozen=True)
+class SampleStep:
+    """What :func:`sample_iter` yields after step ``index`` (0-based) at training step ``t``.
+
+    ``sample`` is x at the next grid level (after the last step: the final sample), ``pred_x0``
+    and ``pred_eps`` the step's x̂0 and ε̂; all of shape (B, ...).
+    """
+
+    index: int
+    t: int
+    sample: torch.Tensor
+    pred_x0: torch.Tensor
+    pred_eps: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the loop needs, validated: built once per call."""
+
+    fn: ModelFn
+    grid: list[int]
+    t_rows: list[torch.Tensor]
+    alpha_bar_t: list[float]
+    alpha_bar_prev: list[float]
+    noisy: list[bool]
+    x: torch.Tensor
+    model_dtype: torch.dtype | None
+    step_kwargs: dict[str, Any]
+    noise: _noise.NoiseSource | None
+
+
+def sample_iter(
+    model: Any,
+    steps: int | None = None,
+    eta: float = 0.0,
+    *,
+    x_T: torch.Tensor | None = None,
+    shape: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    schedule: NoiseSchedule | None = None,
+    spacing: str = "leading",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | torch.Tensor | None = None,
+    final_alpha: str = "one",
+    sigma_hat: bool = False,
+    generator: _noise.Generators = None,
+    prediction_type: str | None = None,
+    clip_sample: float | None = None,
+    dynamic_threshold: float | None = None,
+    dynamic_threshold_max: float = 1.0,
+    rederive_eps: bool = False,
+    callback: Callback | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Iterator[SampleStep]:
+    """Run DDIM step by step, yielding a :class:`SampleStep` after each model call.
+
+    Arguments are validated when this is called (not when iteration starts). See :func:`sample`
+    for their meaning. The iterator raises :class:`NonFiniteError` after its last step if the
+    model returned NaN or inf at any step, naming the first such step.
+    """
+    plan = _prepare(
+        model, steps, eta, x_T=x_T, shape=shape, batch_size=batch_size, schedule=schedule,
+        spacing=spacing, steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
+        sigma_hat=sigma_hat, generator=generator, prediction_type=prediction_type,
+        clip_sample=clip_sample, dynamic_threshold=dynamic_threshold,
+        dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps,
+        device=device, dtype=dtype,
+    )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(i, t, x, pred_x0), "
+                        f"got {type(callback).__name__}")
+    return _loop(plan, callback, progress)
+
+
+def sample(model: Any, steps: int | None = None, eta: float = 0.0, **kwargs: Any) -> torch.Tensor:
+    """Generate samples with DDIM (Song, Meng & Ermon 2021).
+
+    Args:
+        model: ``model(x, t) -> Tensor`` with x (B, C, ...) and t int64 (B,) on x's device; a
+            diffusers ``UNet2DModel``; a learned-variance model (2C outputs: first C used); or a
+            bundle from :func:`ddim.load_pretrained` (which supplies schedule, shape and
+            prediction type).
+        steps: S, the number of model calls, an integer in [1, T] (default 50). Ignored when
+            ``timesteps`` is given (then it must be None or equal to its length).
+        eta: η >= 0. 0 is deterministic DDIM (no random numbers drawn), 1 is DDPM-like.
+        x_T: initial noise (B, ...), a floating tensor; sets device, dtype and shape.
+        shape: the full shape (B, C, H, W) to draw x_T with, when x_T is not given.
+        batch_size: B when neither x_T nor shape is given (shape from the model; default 1).
+        schedule: a :class:`NoiseSchedule`; default the model bundle's, else the DDPM linear
+            schedule (T=1000, β 1e-4..0.02) that the ``google/ddpm-*`` checkpoints use.
+        spacing: ``leading`` (paper, default), ``trailing`` (best with few steps),
+            ``linspace`` or ``quad``; see :meth:`NoiseSchedule.timesteps`.
+        steps_offset: shift of the ``leading`` grid (diffusers' ``steps_offset``).
+        timesteps: an explicit strictly decreasing grid instead of steps/spacing.
+        final_alpha: ᾱ after the last grid point: ``one`` (default, returns x̂0) or ``first``
+            (ᾱ_0, as diffusers' ``set_alpha_to_one=False`` and CompVis).
+        sigma_hat: use the paper's σ̂ noise (DDPM's larger variance); ``eta`` is then unused.
+        generator: a ``torch.Generator`` (CPU ones give identical results on CUDA) or a list of
+            B generators, one per sample (results then independent of the batch).
+        prediction_type: ``epsilon``, ``sample`` or ``v_prediction`` (default: the bundle's,
+            else ``epsilon``).
+        clip_sample: clamp x̂0 to [-clip_sample, clip_sample] (off by default, as the paper).
+        dynamic_threshold, dynamic_threshold_max: Imagen's dynamic thresholding of x̂0.
+        rederive_eps: recompute ε̂ from the processed x̂0 (diffusers' use_clipped_model_output).
+        callback: called as ``callback(i, t, x, pred_x0)`` after step i, x being the new sample.
+        progress: show a tqdm progress bar.
+        device, dtype: where and in which dtype (>= float32 precision) to keep the sample when
+            x_T is not given (default: the model's device, float32). The model runs in its own
+            dtype; only its input and output are cast.
+
+    Returns:
+        x_0 of shape (B, ...), in the model's data range (e.g. [-1, 1] for images).
+
+    Raises:
+        TypeError / ValueError naming the parameter for invalid arguments; NonFiniteError if the
+        model returns NaN or inf.
+    """
+    x = None
+    for out in sample_iter(model, steps, eta, **kwargs):
+        x = out.sample
+    return x
+
+
+def invert(
+    model: Any,
+    x0: torch.Tensor,
+    steps: int | None = None,
+    *,
+    schedule: NoiseSchedule | None = None,
+    spacing: str = "leading",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | torch.Tensor | None = None,
+    final_alpha: str = "one",
+    prediction_type: str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Deterministic DDIM encoding x0 -> x_T: the η=0 update run upwards through the grid.
+
+    The inverse of decoder step i (model at grid point t_i, from level ᾱ(t_i) down to ᾱ_prev)
+    goes from ᾱ_prev up to ᾱ(t_i) and evaluates the model at the same timestep t_i, on the
+    sample it has (at level ᾱ_prev): the decoder's timestep, not the loop index. Decoding the
+    result with :func:`sample` on the same grid returns x0 up to the discretisation error
+    (the model sees x_prev where the decoder will see x_t), which shrinks as S grows.
+
+    Args:
+        model, steps, schedule, spacing, steps_offset, timesteps, final_alpha,
+        prediction_type, progress: as in :func:`sample`.
+        x0: (B, ...) floating tensor in the model's data range.
+
+    Returns:
+        x_T, x0's shape, in x0's dtype promoted to at least float32.
+    """
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+    plan = _prepare(model, steps, 0.0, x_T=x0, schedule=schedule, spacing=spacing,
+                    steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
+                    prediction_type=prediction_type)
+    ptype = plan.step_kwargs["prediction_type"]
+    x = plan.x
+    probes = []
+    order = range(len(plan.grid) - 1, -1, -1)
+    for i in _progress(order, progress, "inverting"):
+        out = _call(plan, x, i)
+        probes.append(out.sum(dtype=torch.float32))
+        eps = out if ptype == "epsilon" else predict_x0_eps(
+            x, out.to(x.dtype), plan.alpha_bar_t[i], ptype)[1]
+        x = ddim_step(x, eps, plan.alpha_bar_prev[i], plan.alpha_bar_t[i]).prev_sample
+    _check_finite(probes, [plan.grid[i] for i in order])
+    return x
+
+
+def _loop(plan: _Plan, callback: Callback | None, progress: bool) -> Iterator[SampleStep]:
+    x, probes = plan.x, []
+    for i in _progress(range(len(plan.grid)), progress, "sampling"):
+        out = _call(plan, x, i)
+        probes.append(out.sum(dtype=torch.float32))  # NaN/inf survive the sum; no sync here
+        z = plan.noise() if plan.noisy[i] else None
+        x, pred_x0, pred_eps = ddim_step(x, out, plan.alpha_bar_t[i], plan.alpha_bar_prev[i],
+                                         noise=z, **plan.step_kwargs)
+        if callback is not None:
+            callback(i, plan.grid[i], x, pred_x0)
+        yield SampleStep(i, plan.grid[i], x, pred_x0, pred_eps)
+    _check_finite(probes, plan.grid)
+
+
+def _call(plan: _Plan, x: torch.Tensor, i: int) -> torch.Tensor:
+    x_in = x if plan.model_dtype in (None, x.dtype) else x.to(plan.model_dtype)
+    return fit_output(plan.fn(x_in, plan.t_rows[i]), x, i, plan.grid[i])
+
+
+def _check_finite(probes: list[torch.Tensor], grid: Sequence[int]) -> None:
+    if not probes:
+        return
+    bad = ~torch.isfinite(torch.stack(probes))
+    if bad.any():  # the one host sync of the call
+        i = int(bad.nonzero()[0])
+        raise NonFiniteError(
+            f"the model returned NaN or inf at step {i} (t={grid[i]}); check the model, its "
+            "dtype (fp16 overflow?) and its input range", step=i, timestep=int(grid[i]))
+
+
+def _progress(it: Sequence[int], enabled: bool, desc: str) -> Sequence[int]:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm  # imported only when a bar is asked for
+
+    return tqdm(it, desc=desc, unit="step")
+
+
+def _prepare(
+    model: Any,
+    steps: int | None,
+    eta: float,
+    *,
+    x_T: torch.Tensor | None = None,
+    shape: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    schedule: NoiseSchedule | None = None,
+    spacing: str = "leading",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | torch.Tensor | None = None,
+    final_alpha: str = "one",
+    sigma_hat: bool = False,
+    generator: _noise.Generators = None,
+    prediction_type: str | None = None,
+    clip_sample: float | None = None,
+    dynamic_threshold: float | None = None,
+    dynamic_threshold_max: float = 1.0,
+    rederive_eps: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> _Plan:
+    fn = as_model_fn(model)
+    eta = check_eta(eta)
+    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
+    schedule = schedule if schedule is not None else NoiseSchedule.linear()
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a ddim.NoiseSchedule, got {type(schedule).__name__}")
+    ptype = prediction_type or getattr(model, "prediction_type", None) or "epsilon"
+    check_choice("prediction_type", ptype, PREDICTION_TYPES)
+    check_choice("spacing", spacing, SPACINGS)
+    check_choice("final_alpha", final_alpha, FINAL_ALPHAS)
+    _check_x0_options(clip_sample, dynamic_threshold, dynamic_threshold_max)
+
+    if timesteps is not None:
+        grid = schedule.timesteps(timesteps)
+        if steps is not None and check_int("steps", steps, low=1) != len(grid):
+            raise ValueError(f"steps={steps} contradicts the {len(grid)} explicit timesteps; "
+                             "pass one of them")
+    else:
+        steps = DEFAULT_STEPS if steps is None else steps
+        grid = schedule.timesteps(steps, spacing, steps_offset=steps_offset)
+    a_t, a_prev = schedule.alpha_bars(grid, final_alpha)
+    if ptype == "epsilon" and (a_t == 0).any():
+        raise ValueError(
+            "this schedule has zero terminal SNR (ᾱ=0 at t="
+            f"{int(grid[a_t == 0][0])}) and prediction_type='epsilon': x0 = (x - sqrt(1-ᾱ)ε)/"
+            "sqrt(ᾱ) divides by zero at the first step; use a v_prediction or sample model, "
+            "or a grid that does not include that step"
+        )
+    c_noise = step_coefficients(a_t, a_prev, eta, sigma_hat=sigma_hat)[2]
+
+    model_device, model_dtype = model_device_dtype(model)
+    x = _initial_sample(model, x_T, shape, batch_size, device, dtype, model_device)
+    gens = _noise.check_generators(generator, x.shape[0], x.device)
+    if x_T is None:
+        x = _noise.randn(x.shape, gens, x.device, x.dtype)
+    noisy = (c_noise > 0).tolist()
+    source = _noise.NoiseSource(x.shape, gens, x.device, x.dtype) if any(noisy) else None
+    t_dev = grid.to(x.device)
+    t_rows = list(t_dev[:, None].expand(len(grid), x.shape[0]).contiguous().unbind(0))
+    step_kwargs = dict(eta=eta, sigma_hat=sigma_hat, prediction_type=ptype,
+                       clip_sample=clip_sample, dynamic_threshold=dynamic_threshold,
+                       dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps)
+    return _Plan(fn, grid.tolist(), t_rows, a_t.tolist(), a_prev.tolist(), noisy, x,
+                 model_dtype, step_kwargs, source)
+
+
+def _initial_sample(model: Any, x_T: torch.Tensor | None, shape: Sequence[int] | None,
+                    batch_size: int | None, device: Any, dtype: torch.dtype | None,
+                    model_device: torch.device | None) -> torch.Tensor:
+    """x_T validated (returned as a state-dtype copy), or an empty tensor of the right shape."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if shape is not None:
+        shape = tuple(shape)
+        if len(shape) < 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise ValueError(f"shape must be (B, C, ...) of positive integers, got {shape}")
+    if x_T is not None:
+        if not isinstance(x_T, torch.Tensor):
+            raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+        if not x_T.is_floating_point():
+            raise TypeError(f"x_T must be a floating tensor, got dtype {x_T.dtype}")
+        if x_T.numel() == 0 or x_T.ndim < 2:
+            raise ValueError(f"x_T must have shape (B, C, ...) with B >= 1 and no empty "
+                             f"dimension, got {tuple(x_T.shape)}")
+        if shape is not None and tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={shape}")
+        if batch_size is not None and batch_size != x_T.shape[0]:
+            raise ValueError(f"x_T has batch size {x_T.shape[0]} but batch_size={batch_size}")
+        if not torch.isfinite(x_T).all():
+            raise ValueError("x_T contains NaN or inf values")
+        state = dtype or torch.promote_types(x_T.dtype, torch.float32)
+        return x_T.to(device=device if device is not None else x_T.device, dtype=state,
+                      copy=True)
+    if shape is None:
+        sample_shape = model_sample_shape(model)
+        if sample_shape is None:
+            raise ValueError("cannot tell the sample shape of this model: pass x_T or "
+                             "shape=(B, C, H, W)")
+        b = 1 if batch_size is None else check_int("batch_size", batch_size, low=1)
+        shape = (b, *sample_shape)
+    elif batch_size is not None and batch_size != shape[0]:
+        raise ValueError(f"shape {shape} contradicts batch_size={batch_size}")
+    dev = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
+    return torch.empty(shape, device=dev, dtype=dtype or torch.float32)
+
+
+def _check_x0_options(clip_sample: float | None, dynamic_threshold: float | None,
+                      dynamic_threshold_max: float) -> None:
+    if clip_sample is not None and (isinstance(clip_sample, bool) or not clip_sample > 0):
+        raise ValueError(f"clip_sample must be None or a positive number (the x0 range, "
+                         f"e.g. 1.0), got {clip_sample!r}")
+    if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
+        raise ValueError(f"dynamic_threshold must be a quantile in (0, 1), e.g. 0.995, got "
+                         f"{dynamic_threshold!r}")
+    if not dynamic_threshold_max >= 1:
+        raise ValueError(f"dynamic_threshold_max must be >= 1, got {dynamic_threshold_max!r}")

@@ -1,0 +1,30 @@
+"""Shared fixtures: small random-init diffusers UNets built on the fly (no downloads)."""
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def make_tiny_unet(seed: int = 0, out_channels: int = 1):
+    """The 8×8, 1-channel UNet2DModel of the benchmarks (block_out_channels (32, 64))."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    return make_tiny_unet()
+
+
+@pytest.fixture
+def schedule():
+    import ddim
+
+    return ddim.NoiseSchedule.linear()
