@@ -26,12 +26,13 @@ def check_generators(generator: Generators, batch_size: int, device: torch.devic
     if isinstance(generator, torch.Generator):
         _check_device(generator.device, device, "generator")
         return generator
-    if not isinstance(generator, Sequence) or not all(
-        isinstance(g, torch.Generator) for g in generator
-    ):
+    if not isinstance(generator, Sequence) or isinstance(generator, str):
         raise TypeError("generator must be a torch.Generator or a list of them, got "
                         f"{type(generator).__name__}")
     gens = list(generator)
+    for i, g in enumerate(gens):
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"generator[{i}] must be a torch.Generator, got {type(g).__name__}")
     if len(gens) != batch_size:
         raise ValueError(f"generator list must have one generator per sample: "
                          f"batch size {batch_size}, got {len(gens)} generators")

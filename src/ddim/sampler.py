@@ -8,6 +8,8 @@ output is recorded per step as a 0-dim device tensor and checked once at the end
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,7 +193,7 @@ def invert(
         raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
     plan = _prepare(model, steps, 0.0, x_T=x0, schedule=schedule, spacing=spacing,
                     steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
-                    prediction_type=prediction_type)
+                    prediction_type=prediction_type, x_name="x0")
     ptype = plan.step_kwargs["prediction_type"]
     x = plan.x
     probes = []
@@ -266,6 +268,7 @@ def _prepare(
     rederive_eps: bool = False,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    x_name: str = "x_T",
 ) -> _Plan:
     fn = as_model_fn(model)
     eta = check_eta(eta)
@@ -273,19 +276,23 @@ def _prepare(
     schedule = schedule if schedule is not None else NoiseSchedule.linear()
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a ddim.NoiseSchedule, got {type(schedule).__name__}")
-    ptype = prediction_type or getattr(model, "prediction_type", None) or "epsilon"
+    ptype = prediction_type if prediction_type is not None else (
+        getattr(model, "prediction_type", None) or "epsilon")
     check_choice("prediction_type", ptype, PREDICTION_TYPES)
     check_choice("spacing", spacing, SPACINGS)
     check_choice("final_alpha", final_alpha, FINAL_ALPHAS)
     _check_x0_options(clip_sample, dynamic_threshold, dynamic_threshold_max)
 
     if timesteps is not None:
+        if isinstance(timesteps, str) or not isinstance(timesteps, (Sequence, torch.Tensor)):
+            raise TypeError(f"timesteps must be a sequence of integers, got {timesteps!r:.40}")
         grid = schedule.timesteps(timesteps)
         if steps is not None and check_int("steps", steps, low=1) != len(grid):
             raise ValueError(f"steps={steps} contradicts the {len(grid)} explicit timesteps; "
                              "pass one of them")
     else:
-        steps = DEFAULT_STEPS if steps is None else steps
+        steps = DEFAULT_STEPS if steps is None else check_int(
+            "steps", steps, low=1, high=schedule.num_train_timesteps)
         grid = schedule.timesteps(steps, spacing, steps_offset=steps_offset)
     a_t, a_prev = schedule.alpha_bars(grid, final_alpha)
     if ptype == "epsilon" and (a_t == 0).any():
@@ -298,7 +305,7 @@ def _prepare(
     c_noise = step_coefficients(a_t, a_prev, eta, sigma_hat=sigma_hat)[2]
 
     model_device, model_dtype = model_device_dtype(model)
-    x = _initial_sample(model, x_T, shape, batch_size, device, dtype, model_device)
+    x = _initial_sample(model, x_T, shape, batch_size, device, dtype, model_device, x_name)
     gens = _noise.check_generators(generator, x.shape[0], x.device)
     if x_T is None:
         x = _noise.randn(x.shape, gens, x.device, x.dtype)
@@ -315,28 +322,32 @@ def _prepare(
 
 def _initial_sample(model: Any, x_T: torch.Tensor | None, shape: Sequence[int] | None,
                     batch_size: int | None, device: Any, dtype: torch.dtype | None,
-                    model_device: torch.device | None) -> torch.Tensor:
+                    model_device: torch.device | None, name: str = "x_T") -> torch.Tensor:
     """x_T validated (returned as a state-dtype copy), or an empty tensor of the right shape."""
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64 (the sampler's state; a "
+                        f"half-precision model still runs in its own dtype), got {dtype!r}")
     if shape is not None:
         shape = tuple(shape)
-        if len(shape) < 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+        if len(shape) < 2 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
             raise ValueError(f"shape must be (B, C, ...) of positive integers, got {shape}")
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, low=1)
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor):
-            raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x_T).__name__}")
         if not x_T.is_floating_point():
-            raise TypeError(f"x_T must be a floating tensor, got dtype {x_T.dtype}")
+            raise TypeError(f"{name} must be a floating tensor, got dtype {x_T.dtype}")
         if x_T.numel() == 0 or x_T.ndim < 2:
-            raise ValueError(f"x_T must have shape (B, C, ...) with B >= 1 and no empty "
+            raise ValueError(f"{name} must have shape (B, C, ...) with B >= 1 and no empty "
                              f"dimension, got {tuple(x_T.shape)}")
         if shape is not None and tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={shape}")
+            raise ValueError(f"{name} has shape {tuple(x_T.shape)} but shape={shape}")
         if batch_size is not None and batch_size != x_T.shape[0]:
-            raise ValueError(f"x_T has batch size {x_T.shape[0]} but batch_size={batch_size}")
+            raise ValueError(f"{name} has batch size {x_T.shape[0]} but batch_size={batch_size}")
         if not torch.isfinite(x_T).all():
-            raise ValueError("x_T contains NaN or inf values")
+            raise ValueError(f"{name} contains NaN or inf values")
         state = dtype or torch.promote_types(x_T.dtype, torch.float32)
         return x_T.to(device=device if device is not None else x_T.device, dtype=state,
                       copy=True)
@@ -345,7 +356,7 @@ def _initial_sample(model: Any, x_T: torch.Tensor | None, shape: Sequence[int] |
         if sample_shape is None:
             raise ValueError("cannot tell the sample shape of this model: pass x_T or "
                              "shape=(B, C, H, W)")
-        b = 1 if batch_size is None else check_int("batch_size", batch_size, low=1)
+        b = 1 if batch_size is None else batch_size
         shape = (b, *sample_shape)
     elif batch_size is not None and batch_size != shape[0]:
         raise ValueError(f"shape {shape} contradicts batch_size={batch_size}")
@@ -355,11 +366,17 @@ def _initial_sample(model: Any, x_T: torch.Tensor | None, shape: Sequence[int] |
 
 def _check_x0_options(clip_sample: float | None, dynamic_threshold: float | None,
                       dynamic_threshold_max: float) -> None:
-    if clip_sample is not None and (isinstance(clip_sample, bool) or not clip_sample > 0):
-        raise ValueError(f"clip_sample must be None or a positive number (the x0 range, "
-                         f"e.g. 1.0), got {clip_sample!r}")
-    if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
-        raise ValueError(f"dynamic_threshold must be a quantile in (0, 1), e.g. 0.995, got "
-                         f"{dynamic_threshold!r}")
-    if not dynamic_threshold_max >= 1:
-        raise ValueError(f"dynamic_threshold_max must be >= 1, got {dynamic_threshold_max!r}")
+    checks = [
+        ("clip_sample", clip_sample, 0, math.inf, "None or a positive number (the x0 range, "
+         "e.g. 1.0)"),
+        ("dynamic_threshold", dynamic_threshold, 0, 1, "a quantile in (0, 1), e.g. 0.995"),
+        ("dynamic_threshold_max", dynamic_threshold_max, 1, math.inf, ">= 1"),
+    ]
+    for name, value, low, high, allowed in checks:
+        if value is None and name != "dynamic_threshold_max":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+        ok = math.isfinite(value) and (low < value or value == low == 1) and value < high
+        if not ok:
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")

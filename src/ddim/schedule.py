@@ -46,7 +46,7 @@ class NoiseSchedule:
     __slots__ = ("_alphas_cumprod", "_zero_terminal")
 
     def __init__(self, alphas_cumprod: Any, *, allow_zero_terminal: bool = False) -> None:
-        a = _float64(alphas_cumprod).clone()
+        a = _float64(alphas_cumprod, "alphas_cumprod").clone()
         if a.ndim != 1 or a.numel() < 1:
             raise ValueError(
                 f"alphas_cumprod must be a 1-D sequence with at least one value, "
@@ -79,7 +79,7 @@ class NoiseSchedule:
     @classmethod
     def from_betas(cls, betas: Any, *, allow_zero_terminal: bool = False) -> NoiseSchedule:
         """Schedule with ᾱ_t = prod_{s<=t}(1 - β_s); betas of shape (T,) in (0, 1)."""
-        b = _float64(betas)
+        b = _float64(betas, "betas")
         if b.ndim != 1 or b.numel() < 1:
             raise ValueError(f"betas must be a 1-D sequence, got shape {tuple(b.shape)}")
         if not torch.isfinite(b).all() or (b <= 0).any() or (b > 1).any():
@@ -334,11 +334,14 @@ class NoiseSchedule:
         return float(ddim_sigma(a[0], a[1], check_eta(eta)))
 
 
-def _float64(values: Any) -> torch.Tensor:
+def _float64(values: Any, name: str) -> torch.Tensor:
     """A float64 CPU tensor; Python floats are read as float64, never through float32."""
     if isinstance(values, torch.Tensor):
         return values.detach().to(device="cpu", dtype=torch.float64)
-    return torch.as_tensor(np.asarray(values, dtype=np.float64))
+    try:
+        return torch.as_tensor(np.asarray(values, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a sequence of numbers, got {values!r:.60}") from err
 
 
 def _make_strict(grid: list[int], T: int) -> list[int]:

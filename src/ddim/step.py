@@ -49,8 +49,11 @@ def ddim_sigma(alpha_bar_t: Scalar, alpha_bar_prev: Scalar, eta: float) -> Scala
     if isinstance(alpha_bar_t, torch.Tensor) or isinstance(alpha_bar_prev, torch.Tensor):
         a_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
         a_p = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
-        return eta * ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).clamp(min=0).sqrt()
+        ratio = torch.where(a_t < 1, (1 - a_p) / (1 - a_t), torch.zeros_like(a_t))
+        return eta * (ratio * (1 - a_t / a_p)).clamp(min=0).sqrt()
     a_t, a_p = float(alpha_bar_t), float(alpha_bar_prev)
+    if eta == 0 or a_t >= 1 or a_p >= 1:  # deterministic, or one end is the clean sample
+        return 0.0
     return eta * math.sqrt(max((1 - a_p) / (1 - a_t) * (1 - a_t / a_p), 0.0))
 
 
@@ -171,6 +174,16 @@ def ddim_step(
     """
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     eta = check_eta(eta)
+    for name, value in (("x_t", x_t), ("model_output", model_output)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    for name, value in (("alpha_bar_t", alpha_bar_t), ("alpha_bar_prev", alpha_bar_prev)):
+        if not isinstance(value, torch.Tensor) and not 0 <= float(value) <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    if prediction_type == "epsilon" and not isinstance(alpha_bar_t, torch.Tensor) and (
+            float(alpha_bar_t) == 0):
+        raise ValueError("alpha_bar_t = 0 (zero terminal SNR) cannot be used with "
+                         "prediction_type='epsilon': x0 = (x - sqrt(1-ᾱ)ε)/sqrt(ᾱ) divides by 0")
     if model_output.shape != x_t.shape:
         raise ValueError(f"model_output must have x_t's shape {tuple(x_t.shape)}, "
                          f"got {tuple(model_output.shape)}")
