@@ -56,7 +56,7 @@ class _Plan:
 
     fn: ModelFn
     grid: list[int]
-    t_rows: list[torch.Tensor]
+    t_grid: torch.Tensor
     alpha_bar_t: list[float]
     alpha_bar_prev: list[float]
     noisy: list[bool]
@@ -196,11 +196,11 @@ def invert(
                     prediction_type=prediction_type, x_name="x0")
     ptype = plan.step_kwargs["prediction_type"]
     x = plan.x
-    probes = []
     order = range(len(plan.grid) - 1, -1, -1)
-    for i in _progress(order, progress, "inverting"):
+    probes = x.new_empty(len(order), dtype=torch.float32)
+    for j, i in enumerate(_progress(order, progress, "inverting")):
         out = _call(plan, x, i)
-        probes.append(out.sum(dtype=torch.float32))
+        probes[j] = out.sum(dtype=torch.float32)
         eps = out if ptype == "epsilon" else predict_x0_eps(
             x, out.to(x.dtype), plan.alpha_bar_t[i], ptype)[1]
         x = ddim_step(x, eps, plan.alpha_bar_prev[i], plan.alpha_bar_t[i]).prev_sample
@@ -209,10 +209,11 @@ def invert(
 
 
 def _loop(plan: _Plan, callback: Callback | None, progress: bool) -> Iterator[SampleStep]:
-    x, probes = plan.x, []
+    x = plan.x
+    probes = x.new_empty(len(plan.grid), dtype=torch.float32)
     for i in _progress(range(len(plan.grid)), progress, "sampling"):
         out = _call(plan, x, i)
-        probes.append(out.sum(dtype=torch.float32))  # NaN/inf survive the sum; no sync here
+        probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
         z = plan.noise() if plan.noisy[i] else None
         x, pred_x0, pred_eps = ddim_step(x, out, plan.alpha_bar_t[i], plan.alpha_bar_prev[i],
                                          noise=z, **plan.step_kwargs)
@@ -224,13 +225,12 @@ def _loop(plan: _Plan, callback: Callback | None, progress: bool) -> Iterator[Sa
 
 def _call(plan: _Plan, x: torch.Tensor, i: int) -> torch.Tensor:
     x_in = x if plan.model_dtype in (None, x.dtype) else x.to(plan.model_dtype)
-    return fit_output(plan.fn(x_in, plan.t_rows[i]), x, i, plan.grid[i])
+    t = plan.t_grid[i].expand(x.shape[0])  # int64 (B,) on x's device, a view: no copy
+    return fit_output(plan.fn(x_in, t), x, i, plan.grid[i])
 
 
-def _check_finite(probes: list[torch.Tensor], grid: Sequence[int]) -> None:
-    if not probes:
-        return
-    bad = ~torch.isfinite(torch.stack(probes))
+def _check_finite(probes: torch.Tensor, grid: Sequence[int]) -> None:
+    bad = ~torch.isfinite(probes)
     if bad.any():  # the one host sync of the call
         i = int(bad.nonzero()[0])
         raise NonFiniteError(
@@ -311,12 +311,10 @@ def _prepare(
         x = _noise.randn(x.shape, gens, x.device, x.dtype)
     noisy = (c_noise > 0).tolist()
     source = _noise.NoiseSource(x.shape, gens, x.device, x.dtype) if any(noisy) else None
-    t_dev = grid.to(x.device)
-    t_rows = list(t_dev[:, None].expand(len(grid), x.shape[0]).contiguous().unbind(0))
     step_kwargs = dict(eta=eta, sigma_hat=sigma_hat, prediction_type=ptype,
                        clip_sample=clip_sample, dynamic_threshold=dynamic_threshold,
                        dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps)
-    return _Plan(fn, grid.tolist(), t_rows, a_t.tolist(), a_prev.tolist(), noisy, x,
+    return _Plan(fn, grid.tolist(), grid.to(x.device), a_t.tolist(), a_prev.tolist(), noisy, x,
                  model_dtype, step_kwargs, source)
 
 

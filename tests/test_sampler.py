@@ -1,0 +1,227 @@
+"""The sampler loop: recorded model calls, randomness, callbacks, dtypes and devices."""
+
+import pytest
+import torch
+
+import ddim
+from ddim import NoiseSchedule
+from ddim.schedule import SPACINGS
+
+
+class Recorder:
+    """A model that records every call and returns a smooth function of its input."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t):
+        self.calls.append((t.clone(), x.device, x.dtype))
+        return 0.1 * torch.tanh(x) + 1e-4 * t.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("steps", [1, 2, 10, 37, 1000])
+def test_recorded_calls_match_the_grid(spacing, steps):
+    rec = Recorder()
+    x_T = torch.randn(3, 2, 4, 4)
+    ddim.sample(rec, steps, x_T=x_T, spacing=spacing)
+    grid = NoiseSchedule.linear().timesteps(steps, spacing)
+    assert len(rec.calls) == steps
+    for (t, device, dtype), expected in zip(rec.calls, grid.tolist(), strict=True):
+        assert t.dtype == torch.int64 and t.shape == (3,) and device == x_T.device
+        assert dtype == torch.float32 and t.tolist() == [expected] * 3
+
+
+def test_explicit_timesteps_are_used_as_given():
+    rec = Recorder()
+    ddim.sample(rec, x_T=torch.randn(1, 1, 2, 2), timesteps=[999, 500, 1])
+    assert [c[0].item() for c in rec.calls] == [999, 500, 1]
+
+
+def test_eta0_draws_no_random_numbers():
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(2, 1, 4, 4)
+    state, global_state = g.get_state(), torch.get_rng_state()
+    ddim.sample(Recorder(), 10, 0.0, x_T=x_T, generator=g)
+    assert torch.equal(g.get_state(), state) and torch.equal(torch.get_rng_state(), global_state)
+
+
+def test_eta_gt_0_uses_the_generator_not_global_rng():
+    x_T = torch.randn(2, 1, 4, 4)
+    global_state = torch.get_rng_state()
+    a = ddim.sample(Recorder(), 10, 1.0, x_T=x_T, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    b = ddim.sample(Recorder(), 10, 1.0, x_T=x_T, generator=torch.Generator().manual_seed(5))
+    c = ddim.sample(Recorder(), 10, 1.0, x_T=x_T, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_per_sample_generators_make_samples_batch_independent(eta):
+    model = Recorder()
+    seeds = [11, 12, 13, 14]
+    whole = ddim.sample(model, 8, eta, shape=(4, 1, 4, 4),
+                        generator=[torch.Generator().manual_seed(s) for s in seeds])
+    for j, s in enumerate(seeds):
+        alone = ddim.sample(model, 8, eta, shape=(1, 1, 4, 4),
+                            generator=[torch.Generator().manual_seed(s)])
+        torch.testing.assert_close(alone[0], whole[j], rtol=0, atol=1e-6)
+    pair = ddim.sample(model, 8, eta, shape=(2, 1, 4, 4),
+                       generator=[torch.Generator().manual_seed(s) for s in seeds[2:]])
+    torch.testing.assert_close(pair, whole[2:], rtol=0, atol=1e-6)
+
+
+def test_single_generator_draws_x_T_like_torch_randn():
+    out = list(ddim.sample_iter(lambda x, t: torch.zeros_like(x), 1, shape=(2, 1, 3, 3),
+                                generator=torch.Generator().manual_seed(3)))
+    x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(3))
+    # with ε=0 and one step to ᾱ_prev=1, x0 = x_T/sqrt(ᾱ_t)
+    a = NoiseSchedule.linear().alpha_bar(0).item()
+    torch.testing.assert_close(out[0].sample, x_T / a**0.5)
+
+
+def test_callback_and_iterator_see_every_step():
+    seen = []
+    steps = list(ddim.sample_iter(Recorder(), 5, x_T=torch.randn(1, 1, 2, 2),
+                                  callback=lambda i, t, x, x0: seen.append((i, t, x.shape))))
+    grid = NoiseSchedule.linear().timesteps(5).tolist()
+    assert [(s.index, s.t) for s in steps] == list(enumerate(grid))
+    assert [(i, t) for i, t, _ in seen] == list(enumerate(grid))
+    assert torch.equal(steps[-1].sample, steps[-1].pred_x0)  # ᾱ_prev=1: the last step is x̂0
+
+
+def test_progress_bar(capsys):
+    pytest.importorskip("tqdm")
+    out = ddim.sample(Recorder(), 4, x_T=torch.randn(1, 1, 2, 2), progress=True)
+    assert out.shape == (1, 1, 2, 2)
+    assert "4/4" in capsys.readouterr().err
+
+
+def test_diffusers_unet_sample_shape_device_and_learned_variance(tiny_unet):
+    torch.manual_seed(0)
+    out = ddim.sample(tiny_unet, 3, batch_size=2)
+    assert out.shape == (2, 1, 8, 8) and out.dtype == torch.float32
+    from tests.conftest import make_tiny_unet
+
+    lv = make_tiny_unet(out_channels=2)  # learned variance: ε and a variance channel
+    x_T = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        full = ddim.sample(lv, 3, x_T=x_T)
+        first = ddim.sample(lambda x, t: lv(x, t).sample[:, :1], 3, x_T=x_T)
+    assert torch.equal(full, first)
+
+
+def test_half_precision_model_keeps_float32_state():
+    calls = []
+
+    def half_model(x, t):
+        calls.append(x.dtype)
+        return (0.1 * x).to(torch.bfloat16)
+
+    x_T = torch.randn(2, 1, 4, 4)
+    out = ddim.sample(half_model, 5, x_T=x_T)
+    ref = ddim.sample(lambda x, t: (0.1 * x).to(torch.bfloat16).float(), 5, x_T=x_T)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+
+
+def test_bfloat16_module_gets_input_in_its_dtype():
+    net = torch.nn.Conv2d(1, 1, 3, padding=1).to(torch.bfloat16)
+
+    def model(x, t):
+        assert x.dtype == torch.bfloat16
+        return net(x)
+
+    model.parameters = net.parameters  # a module-like callable: dtype read from parameters
+    out = ddim.sample(model, 3, x_T=torch.randn(1, 1, 4, 4))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_float64_x_T_keeps_float64():
+    out = ddim.sample(Recorder(), 3, x_T=torch.randn(1, 1, 2, 2, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
+def test_x_T_is_not_modified_in_place():
+    x_T = torch.randn(2, 1, 4, 4)
+    before = x_T.clone()
+    ddim.sample(Recorder(), 5, 1.0, x_T=x_T, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x_T, before)
+
+
+def test_sigma_hat_runs_and_differs_from_eta1():
+    x_T = torch.randn(2, 1, 4, 4)
+    a = ddim.sample(Recorder(), 10, 1.0, x_T=x_T, generator=torch.Generator().manual_seed(0))
+    b = ddim.sample(Recorder(), 10, x_T=x_T, sigma_hat=True,
+                    generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(b).all() and not torch.equal(a, b)
+
+
+def test_invert_then_sample_round_trip_with_true_eps():
+    # a model that returns the same ε everywhere makes inversion exact
+    s = NoiseSchedule.linear()
+    eps = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    x0 = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    x_T = ddim.invert(lambda x, t: eps, x0, 20)
+    grid = s.timesteps(20)
+    a_T = s.alphas_cumprod[grid[0]]
+    torch.testing.assert_close(x_T, a_T.sqrt() * x0 + (1 - a_T).sqrt() * eps,
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(ddim.sample(lambda x, t: eps, 20, x_T=x_T), x0,
+                               rtol=0, atol=1e-12)
+
+
+def test_invert_evaluates_the_decoder_timesteps():
+    rec = Recorder()
+    ddim.invert(rec, torch.randn(1, 1, 2, 2), 5, spacing="trailing")
+    grid = NoiseSchedule.linear().timesteps(5, "trailing").tolist()
+    assert [c[0].item() for c in rec.calls] == grid[::-1]
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_memory_is_flat_in_steps(spacing):
+    import tracemalloc
+
+    def peak(steps):
+        tracemalloc.start()
+        ddim.sample(lambda x, t: 0.1 * x, steps, 1.0, x_T=torch.randn(1, 1, 2, 2),
+                    generator=torch.Generator().manual_seed(0), spacing=spacing)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    peak(50)
+    # nothing per step is kept but a few Python scalars of the grid (< 150 bytes a step)
+    assert peak(1000) - peak(50) < 150 * 950
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_cpu_generator_gives_the_same_result_on_cuda(eta):
+    from tests.conftest import make_tiny_unet
+
+    unet = make_tiny_unet()
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
+    with torch.no_grad():
+        cpu = ddim.sample(unet, 10, eta, batch_size=2, generator=gens())
+        gpu = ddim.sample(unet.cuda(), 10, eta, batch_size=2, generator=gens())
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_recorded_calls_and_no_host_sync():
+    rec = Recorder()
+    x_T = torch.randn(2, 1, 4, 4, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        it = ddim.sample_iter(rec, 10, 1.0, x_T=x_T, generator=torch.Generator("cuda"))
+        for _ in range(10):
+            next(it)  # the 10 steps run without a host sync; the final check syncs once
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(t.device.type == "cuda" and t.dtype == torch.int64 for t, _, _ in rec.calls)
