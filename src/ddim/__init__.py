@@ -1,10 +1,15 @@
 """ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs."""
 
+from .pretrained import BUNDLED_MODELS, Pretrained, PretrainedError, load_pretrained
 from .sampler import NonFiniteError, SampleStep, invert, sample, sample_iter
 from .schedule import NoiseSchedule
 from .step import StepOutput, ddim_sigma, ddim_step, predict_x0_eps
 
 __all__ = [
+    "BUNDLED_MODELS",
+    "Pretrained",
+    "PretrainedError",
+    "load_pretrained",
     "NoiseSchedule",
     "NonFiniteError",
     "SampleStep",

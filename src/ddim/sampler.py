@@ -1,9 +1,10 @@
 """The DDIM loop: ``sample_iter`` yields every step, ``sample`` drains it, ``invert`` encodes.
 
-All arguments are checked once, up front; the loop itself only calls the model, checks the
-output's shape (a Python comparison) and applies :func:`ddim.step.ddim_step` with per-step
-scalars computed once per call. It never synchronises with the device: finiteness of the model
-output is recorded per step as a 0-dim device tensor and checked once at the end.
+All arguments are checked once, up front; the loop itself only calls the model (without
+autograd: sampling builds no graph), checks the output's shape (a Python comparison) and
+applies :func:`ddim.step.ddim_step` with per-step scalars computed once per call. It never
+synchronises with the device: the sum of each model output (NaN/inf survive a sum) is written
+into a preallocated device tensor and checked once at the end.
 """
 
 from __future__ import annotations
@@ -199,11 +200,12 @@ def invert(
     order = range(len(plan.grid) - 1, -1, -1)
     probes = x.new_empty(len(order), dtype=torch.float32)
     for j, i in enumerate(_progress(order, progress, "inverting")):
-        out = _call(plan, x, i)
-        probes[j] = out.sum(dtype=torch.float32)
-        eps = out if ptype == "epsilon" else predict_x0_eps(
-            x, out.to(x.dtype), plan.alpha_bar_t[i], ptype)[1]
-        x = ddim_step(x, eps, plan.alpha_bar_prev[i], plan.alpha_bar_t[i]).prev_sample
+        with torch.no_grad():
+            out = _call(plan, x, i)
+            probes[j] = out.sum(dtype=torch.float32)
+            eps = out if ptype == "epsilon" else predict_x0_eps(
+                x, out.to(x.dtype), plan.alpha_bar_t[i], ptype)[1]
+            x = ddim_step(x, eps, plan.alpha_bar_prev[i], plan.alpha_bar_t[i]).prev_sample
     _check_finite(probes, [plan.grid[i] for i in order])
     return x
 
@@ -212,11 +214,12 @@ def _loop(plan: _Plan, callback: Callback | None, progress: bool) -> Iterator[Sa
     x = plan.x
     probes = x.new_empty(len(plan.grid), dtype=torch.float32)
     for i in _progress(range(len(plan.grid)), progress, "sampling"):
-        out = _call(plan, x, i)
-        probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
-        z = plan.noise() if plan.noisy[i] else None
-        x, pred_x0, pred_eps = ddim_step(x, out, plan.alpha_bar_t[i], plan.alpha_bar_prev[i],
-                                         noise=z, **plan.step_kwargs)
+        with torch.no_grad():  # per step: grad mode must not leak to the caller across yield
+            out = _call(plan, x, i)
+            probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
+            z = plan.noise() if plan.noisy[i] else None
+            x, pred_x0, pred_eps = ddim_step(x, out, plan.alpha_bar_t[i],
+                                             plan.alpha_bar_prev[i], noise=z, **plan.step_kwargs)
         if callback is not None:
             callback(i, plan.grid[i], x, pred_x0)
         yield SampleStep(i, plan.grid[i], x, pred_x0, pred_eps)

@@ -1,0 +1,239 @@
+"""Sample-quality measures: Fréchet distance between feature statistics, and a digits classifier.
+
+The Fréchet distance (FD) between two Gaussians N(μ1, C1) and N(μ2, C2) is
+
+    FD = |μ1 - μ2|² + tr C1 + tr C2 - 2 tr sqrt(sqrt(C1) C2 sqrt(C1))
+
+and FID is this distance between Inception-v3 pool features of real and generated images.
+Any feature network can stand in for Inception: a :class:`FeatureExtractor` is any callable
+mapping a batch of images to an (N, D) feature tensor. For the bundled 8×8 digits model this
+module ships :class:`DigitsClassifier` (trained by ``scripts/train_digits_classifier.py`` on
+the training split of :func:`ddim.digits.digits_split`); its 64-d penultimate layer gives the
+features and its predictions give a class histogram (mode coverage).
+
+All statistics are computed in float64 on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from typing import Protocol
+
+import torch
+from torch import nn
+
+CLASSIFIER_WEIGHTS = "digits-classifier.safetensors"
+FEATURE_DIM = 64
+NUM_CLASSES = 10
+
+
+class FeatureExtractor(Protocol):
+    """Maps images of shape (B, C, H, W) to features of shape (B, D).
+
+    ``DigitsClassifier().features`` is one; an Inception-v3 pool-feature network (for FID on
+    natural images) is another. Images are passed as given: the extractor resizes or rescales
+    them itself if it needs to.
+    """
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN for 1×8×8 digit images with values in [-1, 1].
+
+    Three 3×3 convolutions (32, 64 and 128 channels, a 2×2 max-pool after the second), global
+    average pooling, then a 64-d feature layer (SiLU, so that all 64 features stay informative
+    for Fréchet distances) and the 10-way output layer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(128, FEATURE_DIM),
+            nn.SiLU(),  # not ReLU: no feature is ever identically zero (dead)
+        )
+        self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: (B, 1, 8, 8) images in [-1, 1] -> (B, 64)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits: (B, 1, 8, 8) images in [-1, 1] -> (B, 10)."""
+        return self.head(self.features(x))
+
+
+def load_digits_classifier(device: torch.device | str | None = None) -> DigitsClassifier:
+    """The shipped :class:`DigitsClassifier`, in eval mode, on ``device`` (default CPU).
+
+    Its weights are the package file ``ddim/weights/digits-classifier.safetensors``.
+    """
+    from safetensors.torch import load_file
+
+    ref = resources.files("ddim") / "weights" / CLASSIFIER_WEIGHTS
+    if not ref.is_file():
+        raise FileNotFoundError(
+            f"the digits classifier weights ({CLASSIFIER_WEIGHTS}) are not in this installation; "
+            "create them with scripts/train_digits_classifier.py"
+        )
+    with resources.as_file(ref) as path:
+        state = load_file(str(path))
+    model = DigitsClassifier()
+    model.load_state_dict(state)
+    return model.to(device if device is not None else "cpu").eval()
+
+
+# ---------------------------------------------------------------------- Fréchet distance
+def _as_float64(name: str, value: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``value`` as a finite float64 CPU tensor with ``ndim`` dimensions, or a ValueError."""
+    t = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64)
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf values")
+    return t
+
+
+def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric PSD matrix (tiny negative eigenvalues -> 0)."""
+    evals, evecs = torch.linalg.eigh(cov)
+    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+
+
+def frechet_distance(
+    mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor
+) -> float:
+    """Fréchet distance between N(mu1, cov1) and N(mu2, cov2), computed in float64.
+
+    Args:
+        mu1, mu2: means, shape (D,).
+        cov1, cov2: covariances, shape (D, D), symmetric positive semi-definite (they are
+            symmetrized; eigenvalues below zero from rounding are treated as zero).
+
+    Returns:
+        |mu1 - mu2|² + tr C1 + tr C2 - 2 tr sqrt(sqrt(C1) C2 sqrt(C1)) as a float; a
+        result below zero from rounding (identical inputs) is returned as 0.0.
+    """
+    mu1, mu2 = _as_float64("mu1", mu1, 1), _as_float64("mu2", mu2, 1)
+    cov1, cov2 = _as_float64("cov1", cov1, 2), _as_float64("cov2", cov2, 2)
+    d = mu1.numel()
+    for name, t, shape in (("mu2", mu2, (d,)), ("cov1", cov1, (d, d)), ("cov2", cov2, (d, d))):
+        if tuple(t.shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {shape} to match mu1 of shape ({d},), "
+                f"got {tuple(t.shape)}"
+            )
+    cov1, cov2 = (cov1 + cov1.T) / 2, (cov2 + cov2.T) / 2
+    root1 = _psd_sqrt(cov1)
+    middle = root1 @ cov2 @ root1
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    fd = (mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * trace_sqrt
+    return max(float(fd), 0.0)
+
+
+def feature_statistics(
+    features: torch.Tensor, name: str = "features"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and unbiased covariance (D, D), float64, of (N, D) features with N >= 2."""
+    f = _as_float64(name, features, 2)
+    if f.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows (samples), got shape {tuple(f.shape)}")
+    mu = f.mean(dim=0)
+    centred = f - mu
+    return mu, centred.T @ centred / (f.shape[0] - 1)
+
+
+def fd_from_features(features1: torch.Tensor, features2: torch.Tensor) -> float:
+    """Fréchet distance between the Gaussian fits of two (N, D) feature sets (same D)."""
+    mu1, cov1 = feature_statistics(features1, "features1")
+    mu2, cov2 = feature_statistics(features2, "features2")
+    if mu1.numel() != mu2.numel():
+        raise ValueError(
+            f"features1 and features2 must have the same feature size, got {mu1.numel()} "
+            f"and {mu2.numel()}"
+        )
+    return frechet_distance(mu1, cov1, mu2, cov2)
+
+
+def _check_images(name: str, images: torch.Tensor) -> torch.Tensor:
+    """A finite (N, C, H, W) tensor with N >= 1, or a ValueError naming ``name``."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf values")
+    return images
+
+
+@torch.no_grad()
+def extract_features(
+    images: torch.Tensor, feature_extractor: FeatureExtractor, batch_size: int = 500
+) -> torch.Tensor:
+    """Features (N, D) of (N, C, H, W) images, in batches, as float64 CPU tensor."""
+    _check_images("images", images)
+    parts = [feature_extractor(images[i : i + batch_size]) for i in
+             range(0, images.shape[0], batch_size)]
+    out = torch.cat([torch.as_tensor(p).detach().to("cpu", torch.float64) for p in parts])
+    if out.ndim != 2 or out.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"feature_extractor must return (N, D) features, got shape {tuple(out.shape)} "
+            f"for {images.shape[0]} images"
+        )
+    return out
+
+
+def fd_from_images(
+    images1: torch.Tensor,
+    images2: torch.Tensor,
+    feature_extractor: FeatureExtractor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """Fréchet distance between two image sets in the space of ``feature_extractor``.
+
+    Args:
+        images1, images2: (N, C, H, W) tensors, N >= 2 each.
+        feature_extractor: images -> (B, D) features; default: the shipped digits
+            classifier's 64-d features (for 1×8×8 images in [-1, 1]). Pass an Inception
+            network here to get FID on natural images.
+    """
+    _check_images("images1", images1)
+    _check_images("images2", images2)
+    if feature_extractor is None:
+        feature_extractor = load_digits_classifier().features
+    return fd_from_features(
+        extract_features(images1, feature_extractor), extract_features(images2, feature_extractor)
+    )
+
+
+@torch.no_grad()
+def class_histogram(
+    images: torch.Tensor, classifier: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """How many images the classifier assigns to each class (argmax of its logits).
+
+    Args:
+        images: (N, C, H, W) tensor, e.g. (N, 1, 8, 8) digits in [-1, 1].
+        classifier: images -> logits of shape (B, K), e.g. :func:`load_digits_classifier`.
+
+    Returns:
+        int64 tensor of shape (K,) with counts summing to N.
+    """
+    _check_images("images", images)
+    logits = classifier(images)
+    if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"classifier must return (N, K) logits, got shape {tuple(logits.shape)} "
+            f"for {images.shape[0]} images"
+        )
+    preds = logits.argmax(dim=1).cpu()
+    return torch.bincount(preds, minlength=logits.shape[1])

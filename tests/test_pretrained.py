@@ -1,0 +1,217 @@
+"""load_pretrained: the bundled model, diffusers folders, hub ids offline, and bad files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
+
+import ddim
+from ddim import NoiseSchedule, PretrainedError
+from ddim.pretrained import bundled_path
+from tests.conftest import make_tiny_unet
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ddim.load_pretrained("digits")
+
+
+@pytest.fixture
+def saved_pipeline(tmp_path):
+    """A random-init DDPMPipeline saved in diffusers' layout."""
+    unet = make_tiny_unet(seed=3)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "pipe")
+    return tmp_path / "pipe", unet
+
+
+def test_bundled_model_one_line_use(digits):
+    assert digits.sample_shape == (1, 8, 8) and digits.prediction_type == "epsilon"
+    assert digits.schedule == NoiseSchedule.linear()
+    x = ddim.sample(digits, steps=5, eta=0.0)
+    assert x.shape == (1, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_bundled_folder_is_small_and_in_diffusers_layout():
+    folder = bundled_path("digits")
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 5 * 2**20
+    for rel in ["model_index.json", "unet/config.json",
+                "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]:
+        assert (folder / rel).is_file(), rel
+    config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    assert config["clip_sample"] is False and config["prediction_type"] == "epsilon"
+
+
+def test_bundled_model_agrees_with_diffusers_ddim_pipeline(digits):
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                              clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+    pipe = DDIMPipeline(unet=digits.model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    for eta in (0.0, 1.0):
+        ref = pipe(batch_size=4, num_inference_steps=20, eta=eta, output_type="np",
+                   generator=torch.Generator().manual_seed(0)).images
+        x = ddim.sample(digits, 20, eta, batch_size=4, generator=torch.Generator().manual_seed(0))
+        ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        assert np.abs(ours - ref).max() <= 1e-5
+
+
+def test_round_trip_saved_random_pipeline(saved_pipeline):
+    folder, unet = saved_pipeline
+    bundle = ddim.load_pretrained(folder)
+    assert bundle.sample_shape == (1, 8, 8) and bundle.name == str(folder)
+    x_T = torch.randn(2, 1, 8, 8)
+    ours = ddim.sample(bundle, 10, x_T=x_T)
+    direct = ddim.sample(unet, 10, x_T=x_T)
+    torch.testing.assert_close(ours, direct, rtol=0, atol=1e-6)
+
+
+def test_flat_layout_and_bare_unet_with_schedule(tmp_path, saved_pipeline):
+    folder, unet = saved_pipeline
+    flat = tmp_path / "flat"
+    shutil.copytree(folder / "unet", flat)
+    bare = ddim.load_pretrained(flat)  # no scheduler config: the DDPM linear schedule
+    assert bare.schedule == NoiseSchedule.linear()
+    custom = NoiseSchedule.linear(1000, 1e-4, 0.03)
+    assert ddim.load_pretrained(flat, schedule=custom).schedule == custom
+    DDIMScheduler(beta_end=0.03, prediction_type="v_prediction").save_pretrained(flat)
+    loaded = ddim.load_pretrained(flat)  # google/ddpm-* layout: configs side by side
+    assert loaded.schedule == custom and loaded.prediction_type == "v_prediction"
+
+
+def test_bin_weights_are_loaded(tmp_path, saved_pipeline):
+    folder, unet = saved_pipeline
+    unet.save_pretrained(tmp_path / "binunet", safe_serialization=False)
+    bundle = ddim.load_pretrained(tmp_path / "binunet")
+    x_T = torch.randn(1, 1, 8, 8)
+    torch.testing.assert_close(ddim.sample(bundle, 3, x_T=x_T), ddim.sample(unet, 3, x_T=x_T))
+
+
+def test_learned_variance_folder(tmp_path):
+    unet = make_tiny_unet(seed=1, out_channels=2)
+    unet.save_pretrained(tmp_path / "lv")
+    bundle = ddim.load_pretrained(tmp_path / "lv")
+    assert torch.isfinite(ddim.sample(bundle, 3, batch_size=2)).all()
+
+
+def test_device_and_dtype_options(saved_pipeline):
+    folder, _ = saved_pipeline
+    bundle = ddim.load_pretrained(folder, device="cpu", torch_dtype=torch.bfloat16)
+    assert next(bundle.parameters()).dtype == torch.bfloat16
+    x = ddim.sample(bundle, 3, batch_size=1)
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_hub_id_offline_fails_fast_with_a_clear_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(PretrainedError) as info:
+        ddim.load_pretrained("google/ddpm-cifar10-32")
+    assert time.perf_counter() - start < 10
+    msg = str(info.value)
+    assert "google/ddpm-cifar10-32" in msg and "offline" in msg and "download" in msg
+    assert "\n" not in msg
+
+
+def test_hub_id_from_the_cache(monkeypatch, tmp_path, saved_pipeline):
+    """With the repo in the local cache, a hub id loads offline through huggingface_hub."""
+    folder, unet = saved_pipeline
+    snapshot = tmp_path / "hub" / "models--someone--tiny-ddpm" / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot)
+    refs = snapshot.parents[1] / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    bundle = ddim.load_pretrained("someone/tiny-ddpm")
+    x_T = torch.randn(1, 1, 8, 8)
+    torch.testing.assert_close(ddim.sample(bundle, 3, x_T=x_T), ddim.sample(unet, 3, x_T=x_T))
+
+
+# ------------------------------------------------------------------ bad folders and files
+def test_unknown_name_and_missing_folder(tmp_path):
+    with pytest.raises(PretrainedError, match=r"model 'digitz' not found.*bundled"):
+        ddim.load_pretrained("digitz")
+    with pytest.raises(PretrainedError, match="not found"):
+        ddim.load_pretrained(str(tmp_path / "nope"))
+    with pytest.raises(TypeError, match="name_or_path"):
+        ddim.load_pretrained(3)
+
+
+def test_folder_without_config_or_weights(tmp_path, saved_pipeline):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PretrainedError, match=r"no model config in .*empty"):
+        ddim.load_pretrained(tmp_path / "empty")
+    folder, _ = saved_pipeline
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(PretrainedError, match=r"no weights in .*unet"):
+        ddim.load_pretrained(folder)
+
+
+def test_truncated_safetensors(saved_pipeline):
+    folder, _ = saved_pipeline
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PretrainedError, match=r"corrupt or truncated weights file .*safetensors"):
+        ddim.load_pretrained(folder)
+
+
+def test_garbage_safetensors(saved_pipeline):
+    folder, _ = saved_pipeline
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"\x00" * 64 + b"not a safetensors file")
+    with pytest.raises(PretrainedError, match=r"corrupt or truncated weights file .*safetensors"):
+        ddim.load_pretrained(folder)
+
+
+def test_weights_of_another_architecture(saved_pipeline):
+    folder, _ = saved_pipeline
+    config_file = folder / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["block_out_channels"] = [16, 32]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(PretrainedError, match=r"cannot load weights .*safetensors"):
+        ddim.load_pretrained(folder)
+
+
+def test_config_with_unknown_keys(saved_pipeline):
+    folder, _ = saved_pipeline
+    config_file = folder / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["num_heads_typo"] = 4
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(PretrainedError, match=r"config\.json: unknown keys .*num_heads_typo"):
+        ddim.load_pretrained(folder)
+
+
+@pytest.mark.parametrize("size", [7, 0, "8", [8, 8, 8]])
+def test_config_with_mismatched_sample_size(saved_pipeline, size):
+    folder, _ = saved_pipeline
+    config_file = folder / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["sample_size"] = size
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(PretrainedError, match=r"config\.json: sample_size"):
+        ddim.load_pretrained(folder)
+
+
+def test_invalid_json_and_scheduler_config(saved_pipeline):
+    folder, _ = saved_pipeline
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    sched_file.write_text(json.dumps({"prediction_type": "score"}))
+    with pytest.raises(PretrainedError, match=r"scheduler_config\.json: prediction_type"):
+        ddim.load_pretrained(folder)
+    sched_file.write_text("{not json")
+    with pytest.raises(PretrainedError, match=r"cannot read .*scheduler_config\.json"):
+        ddim.load_pretrained(folder)
