@@ -1,5 +1,6 @@
 """ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs."""
 
+from .interpolate import interpolation_strip, slerp
 from .pretrained import BUNDLED_MODELS, Pretrained, PretrainedError, load_pretrained
 from .sampler import NonFiniteError, SampleStep, invert, sample, sample_iter
 from .schedule import NoiseSchedule
@@ -16,9 +17,11 @@ __all__ = [
     "StepOutput",
     "ddim_sigma",
     "ddim_step",
+    "interpolation_strip",
     "invert",
     "predict_x0_eps",
     "sample",
     "sample_iter",
+    "slerp",
 ]
 __version__ = "0.1.0"
