@@ -1,0 +1,247 @@
+"""Reproduce the DDIM paper's claims on the bundled digits model.
+
+    python benchmarks/paper.py                 # run (or resume) every cell, then report
+    python benchmarks/paper.py --report        # only rebuild the tables and plot
+
+Cells (each saved to benchmarks/results/paper_cells.json as soon as it finishes, so an
+interrupted run resumes where it stopped and loses no finished cell):
+
+- fd:          Table 1 analogue: FD (digits-classifier features, reference: all 1797 real
+               digits) of n samples for S in {10, 20, 50, 100, 1000} x η in {0, 0.2, 0.5, 1,
+               σ̂}, with 3 seeds at S=10 and S=20. DDPM ancestral sampling at 1000 steps is the
+               S=1000, η=1 cell (η=1 with S=T is exactly DDPM; σ̂ at S=1000 is DDPM with its
+               larger variance β_t).
+- inversion:   encode the 300 held-out digits with S steps, decode with the same S (η=0):
+               per-dimension MSE for S in {10, 20, 50, 100, 200}.
+- consistency: for fixed x_T, per-dimension MSE between the S-step and the 1000-step η=0
+               samples, S in {10, 20, 50, 100} (the paper's figure 3 claim).
+Speed (images/s) comes from the fd cells' wall time, measured with the same batch size.
+
+Outputs: benchmarks/results/paper.md (tables) and paper.png (FD against S, a line per η).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import ddim
+from ddim.digits import digits_split, load_digits_images
+from ddim.evaluation import extract_features, fd_from_features, load_digits_classifier
+from ddim.io import atomic_write, atomic_write_text
+
+RESULTS = Path(__file__).parent / "results"
+ETAS = ["0", "0.2", "0.5", "1", "hat"]
+STEPS = [10, 20, 50, 100, 1000]
+PAPER_CIFAR10 = {  # Song et al. 2021, Table 1 (CIFAR10 FID) and Table 2 (inversion MSE)
+    "0": [13.36, 6.84, 4.67, 4.16, 4.04], "1": [41.07, 18.36, 8.01, 5.78, 4.73],
+    "hat": [367.43, 133.37, 32.72, 9.99, 3.17],
+}
+PAPER_INVERSION = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009}
+
+
+def plan(n: int) -> list[dict]:
+    """Every cell, most informative first (the 1000-step cells are the expensive ones)."""
+    cells = []
+    for steps in STEPS[:-1]:
+        cells += [dict(kind="fd", steps=steps, eta=e, seed=0, n=n) for e in ETAS]
+    for seed in (1, 2):
+        for steps in (10, 20):
+            cells += [dict(kind="fd", steps=steps, eta=e, seed=seed, n=n) for e in ("0", "1")]
+    cells += [dict(kind="inversion", steps=s) for s in (10, 20, 50, 100, 200)]
+    cells += [dict(kind="consistency", steps=s, n=200) for s in (10, 20, 50, 100)]
+    cells += [dict(kind="fd", steps=1000, eta=e, seed=0, n=n) for e in ("1", "0", "hat",
+                                                                         "0.5", "0.2")]
+    for seed in (1, 2):
+        for steps in (10, 20):
+            cells += [dict(kind="fd", steps=steps, eta=e, seed=seed, n=n)
+                      for e in ("0.2", "0.5", "hat")]
+    return cells
+
+
+def key(cell: dict) -> str:
+    return "|".join(f"{k}={cell[k]}" for k in sorted(cell))
+
+
+class Lab:
+    """The model, the features of the real digits and a batched sampler."""
+
+    def __init__(self, batch_size: int, out: Path) -> None:
+        self.out = out
+        self.model = ddim.load_pretrained("digits")
+        self.clf = load_digits_classifier()
+        real, _ = load_digits_images()
+        self.ref = extract_features(real, self.clf.features)
+        self.batch_size = batch_size
+        self.heldout = digits_split()[2]
+
+    def generate(self, n: int, steps: int, eta: str, seed: int, progress: bool) -> torch.Tensor:
+        out = []
+        for lo in range(0, n, self.batch_size):
+            hi = min(n, lo + self.batch_size)
+            gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(lo, hi)]
+            kw = dict(sigma_hat=True) if eta == "hat" else dict(eta=float(eta))
+            out.append(ddim.sample(self.model, steps, batch_size=hi - lo, generator=gens,
+                                   progress=progress, **kw))
+        return torch.cat(out)
+
+    def run(self, cell: dict, progress: bool) -> dict:
+        start = time.perf_counter()
+        if cell["kind"] == "fd":
+            x = self.generate(cell["n"], cell["steps"], cell["eta"], cell["seed"], progress)
+            seconds = time.perf_counter() - start
+            fd = fd_from_features(extract_features(x.clamp(-1, 1), self.clf.features), self.ref)
+            return dict(fd=fd, seconds=seconds, images_per_second=cell["n"] / seconds)
+        if cell["kind"] == "inversion":
+            x0 = self.heldout
+            x_T = ddim.invert(self.model, x0, cell["steps"], progress=progress)
+            back = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress)
+            return dict(mse=(back - x0).square().mean().item(), n=len(x0),
+                        seconds=time.perf_counter() - start)
+        if cell["kind"] == "consistency":
+            x_T = torch.randn(cell["n"], 1, 8, 8, generator=torch.Generator().manual_seed(0))
+            ref = self._reference_1000(x_T, progress)
+            x = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress)
+            return dict(mse=(x - ref).square().mean().item(), seconds=time.perf_counter() - start)
+        raise ValueError(f"unknown cell kind {cell['kind']!r}")
+
+    def _reference_1000(self, x_T: torch.Tensor, progress: bool) -> torch.Tensor:
+        path = self.out / "paper_consistency_ref.pt"
+        if path.exists():
+            saved = torch.load(path)
+            if torch.equal(saved["x_T"], x_T):
+                return saved["x0"]
+        x0 = ddim.sample(self.model, 1000, x_T=x_T, progress=progress)
+        atomic_write(path, lambda f: torch.save({"x_T": x_T, "x0": x0}, f))
+        return x0
+
+
+def load_cells(out: Path) -> dict:
+    path = out / "paper_cells.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Reproduce the DDIM paper on the digits model")
+    p.add_argument("--n", type=int, default=1000, help="samples per FD cell")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--report", action="store_true", help="only rebuild the report")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop starting new cells after this long (resume later)")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = load_cells(args.out)
+    if not args.report:
+        lab, start = Lab(args.batch_size, args.out), time.perf_counter()
+        for cell in plan(args.n):
+            k = key(cell)
+            if k in done:
+                continue
+            if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
+                print("time limit reached; rerun to resume", file=sys.stderr)
+                break
+            result = lab.run(cell, args.progress)
+            done[k] = dict(cell, **result, threads=args.threads, batch_size=args.batch_size)
+            atomic_write_text(args.out / "paper_cells.json", json.dumps(done, indent=1) + "\n")
+            print(f"{k}: {result}", file=sys.stderr, flush=True)
+    report = render(done, args.n)
+    atomic_write_text(args.out / "paper.md", report)
+    plot(done, args.n, args.out)
+    print(report)
+    return 0
+
+
+def _fd(done: dict, steps: int, eta: str, seed: int, n: int) -> dict | None:
+    return done.get(key(dict(kind="fd", steps=steps, eta=eta, seed=seed, n=n)))
+
+
+def render(done: dict, n: int) -> str:
+    """Markdown tables from the finished cells (missing cells shown as '…')."""
+    eta_label = {"0": "η = 0", "0.2": "η = 0.2", "0.5": "η = 0.5", "1": "η = 1", "hat": "σ̂"}
+    lines = [f"FD on the bundled digits model (n = {n} samples per cell, features of the "
+             "digits classifier, reference all 1797 real digits; lower is better). "
+             "± is the standard deviation over seeds 0, 1, 2 where run.", "",
+             "| | " + " | ".join(f"S = {s}" for s in STEPS) + " |",
+             "|---" * (len(STEPS) + 1) + "|"]
+    for eta in ETAS:
+        row = []
+        for s in STEPS:
+            vals = [c["fd"] for seed in (0, 1, 2) if (c := _fd(done, s, eta, seed, n))]
+            if not vals:
+                row.append("…")
+            elif len(vals) == 1:
+                row.append(f"{vals[0]:.2f}")
+            else:
+                t = torch.tensor(vals)
+                row.append(f"{t.mean():.2f} ± {t.std():.2f} ({len(vals)} seeds)")
+        lines.append(f"| {eta_label[eta]} | " + " | ".join(row) + " |")
+    lines += ["", "The paper's CIFAR10 FID for comparison (its Table 1):", "",
+              "| | " + " | ".join(f"S = {s}" for s in STEPS) + " |",
+              "|---" * (len(STEPS) + 1) + "|"]
+    for eta, vals in PAPER_CIFAR10.items():
+        lines.append(f"| {eta_label[eta]} | " + " | ".join(map(str, vals)) + " |")
+    ddpm = _fd(done, 1000, "1", 0, n)
+    lines += ["", "Speed and quality (seed 0; the same batch size for every row; DDPM = η = 1 "
+              "with S = 1000):", "", "| sampler | images/s | time per image (ms) | FD | "
+              "speed-up vs DDPM |", "|---|---|---|---|---|"]
+    for s in STEPS:
+        c = _fd(done, s, "0" if s < 1000 else "1", 0, n)
+        if c is None:
+            continue
+        name = f"DDIM S = {s}, η = 0" if s < 1000 else "DDPM, 1000 steps"
+        speed = f"{ddpm['seconds'] / c['seconds']:.1f}×" if ddpm else "…"
+        lines.append(f"| {name} | {c['images_per_second']:.1f} | "
+                     f"{1000 * c['seconds'] / n:.2f} | {c['fd']:.2f} | {speed} |")
+    lines += ["", "Reconstruction of the 300 held-out digits (encode with S steps, decode with "
+              "the same S, η = 0; per-dimension MSE, data in [-1, 1]):", "",
+              "| S | MSE | paper (CIFAR10) |", "|---|---|---|"]
+    for s in (10, 20, 50, 100, 200):
+        c = done.get(key(dict(kind="inversion", steps=s)))
+        lines.append(f"| {s} | {c['mse']:.5f} | {PAPER_INVERSION.get(s, '')} |" if c
+                     else f"| {s} | … | {PAPER_INVERSION.get(s, '')} |")
+    lines += ["", "Consistency: per-dimension MSE between the S-step and the 1000-step η = 0 "
+              "sample from the same x_T (200 latents):", "", "| S | MSE to S = 1000 |",
+              "|---|---|"]
+    for s in (10, 20, 50, 100):
+        c = done.get(key(dict(kind="consistency", steps=s, n=200)))
+        lines.append(f"| {s} | {c['mse']:.5f} |" if c else f"| {s} | … |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(done: dict, n: int, out: Path) -> None:
+    """FD against S on log axes, one line per η (only finished cells)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    for eta in ETAS:
+        pts = [(s, c["fd"]) for s in STEPS if (c := _fd(done, s, eta, 0, n))]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label="σ̂" if eta == "hat" else f"η={eta}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling steps S")
+    ax.set_ylabel(f"FD (n={n}, digits-classifier features)")
+    ax.set_title("DDIM on the bundled digits model")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(out / "paper.png", lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
