@@ -225,3 +225,34 @@ def test_cuda_recorded_calls_and_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(t.device.type == "cuda" and t.dtype == torch.int64 for t, _, _ in rec.calls)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_max_batch_size_with_per_sample_generators_is_identical(eta):
+    model = Recorder()
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(7)]  # noqa: E731
+    whole = ddim.sample(model, 6, eta, shape=(7, 1, 3, 3), generator=gens())
+    for k in (1, 3, 7, 50):
+        chunked = ddim.sample(model, 6, eta, shape=(7, 1, 3, 3), generator=gens(),
+                              max_batch_size=k)
+        assert torch.equal(chunked, whole), k
+
+
+def test_max_batch_size_bounds_the_model_batch_and_keeps_x_T():
+    sizes = []
+
+    def model(x, t):
+        sizes.append(x.shape[0])
+        return 0.1 * x
+
+    x_T = torch.randn(10, 1, 2, 2)
+    out = ddim.sample(model, 4, x_T=x_T, max_batch_size=4)
+    assert set(sizes) == {4, 2} and len(sizes) == 4 * 3
+    torch.testing.assert_close(out, ddim.sample(model, 4, x_T=x_T), rtol=0, atol=1e-6)
+    one = ddim.sample(model, 4, 1.0, x_T=x_T, max_batch_size=3,
+                      generator=torch.Generator().manual_seed(0))
+    two = ddim.sample(model, 4, 1.0, x_T=x_T, max_batch_size=3,
+                      generator=torch.Generator().manual_seed(0))
+    assert torch.equal(one, two)
+    with pytest.raises(ValueError, match=r"max_batch_size must be an integer >= 1, got 0"):
+        ddim.sample(model, 4, x_T=x_T, max_batch_size=0)

@@ -112,7 +112,8 @@ def sample_iter(
     return _loop(plan, callback, progress)
 
 
-def sample(model: Any, steps: int | None = None, eta: float = 0.0, **kwargs: Any) -> torch.Tensor:
+def sample(model: Any, steps: int | None = None, eta: float = 0.0, *,
+           max_batch_size: int | None = None, **kwargs: Any) -> torch.Tensor:
     """Generate samples with DDIM (Song, Meng & Ermon 2021).
 
     Args:
@@ -144,6 +145,11 @@ def sample(model: Any, steps: int | None = None, eta: float = 0.0, **kwargs: Any
         rederive_eps: recompute ε̂ from the processed x̂0 (diffusers' use_clipped_model_output).
         callback: called as ``callback(i, t, x, pred_x0)`` after step i, x being the new sample.
         progress: show a tqdm progress bar.
+        max_batch_size: run the batch in chunks of at most this many samples (bounded
+            memory). x_T is drawn for the whole batch first; with a list of per-sample
+            generators the result is identical to one big batch, with a single generator it is
+            reproducible but the step noise is drawn chunk after chunk. ``callback`` then sees
+            each chunk's samples.
         device, dtype: where and in which dtype (>= float32 precision) to keep the sample when
             x_T is not given (default: the model's device, float32). The model runs in its own
             dtype; only its input and output are cast.
@@ -155,8 +161,25 @@ def sample(model: Any, steps: int | None = None, eta: float = 0.0, **kwargs: Any
         TypeError / ValueError naming the parameter for invalid arguments; NonFiniteError if the
         model returns NaN or inf.
     """
+    if max_batch_size is None:
+        return _drain(sample_iter(model, steps, eta, **kwargs))
+    k = check_int("max_batch_size", max_batch_size, low=1)
+    setup = {n: v for n, v in kwargs.items() if n not in ("callback", "progress")}
+    x_T = _prepare(model, steps, eta, **setup).x  # validates everything, draws x_T once
+    gens = kwargs.get("generator")
+    rest = {n: v for n, v in kwargs.items() if n not in ("x_T", "shape", "batch_size",
+                                                         "generator", "device")}
+    chunks = []
+    for lo in range(0, x_T.shape[0], k):
+        g = gens if gens is None or isinstance(gens, torch.Generator) else gens[lo:lo + k]
+        chunks.append(_drain(sample_iter(model, steps, eta, x_T=x_T[lo:lo + k], generator=g,
+                                         **rest)))
+    return torch.cat(chunks)
+
+
+def _drain(steps: Iterator[SampleStep]) -> torch.Tensor:
     x = None
-    for out in sample_iter(model, steps, eta, **kwargs):
+    for out in steps:
         x = out.sample
     return x
 
