@@ -1,5 +1,6 @@
 """ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs."""
 
+from .images import make_grid, save_image_grid, to_pil, to_uint8
 from .interpolate import interpolation_strip, slerp
 from .pretrained import BUNDLED_MODELS, Pretrained, PretrainedError, load_pretrained
 from .sampler import NonFiniteError, SampleStep, invert, sample, sample_iter
@@ -18,6 +19,10 @@ __all__ = [
     "ddim_sigma",
     "ddim_step",
     "interpolation_strip",
+    "make_grid",
+    "save_image_grid",
+    "to_pil",
+    "to_uint8",
     "invert",
     "predict_x0_eps",
     "sample",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -106,3 +107,22 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     current = torch.cuda.current_device() if torch.cuda.is_available() else 0
     return (a.index if a.index is not None else current) == (
         b.index if b.index is not None else current)
+
+
+# ---------------------------------------------------------------- per-sample seeds
+SEED_RULE = "numpy.random.SeedSequence([seed, index]).generate_state(1, numpy.uint64)[0]"
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` in a run with seed ``seed`` (both integers >= 0).
+
+    ``SeedSequence([seed, index])`` hashes the pair into a 64-bit seed (see :data:`SEED_RULE`),
+    so distinct pairs give unrelated streams: unlike ``seed * K + index`` no two runs share
+    samples, whatever their sizes.
+    """
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+
+
+def sample_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
+    """CPU generators for samples ``start .. stop-1`` of a run (see :func:`sample_seed`)."""
+    return [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(start, stop)]

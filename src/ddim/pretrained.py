@@ -133,7 +133,11 @@ def load_pretrained(
             "existing folder, and not a hub id of the form 'owner/name'")
     bundle = load_folder(folder, schedule=schedule, name=name)
     if device is not None or torch_dtype is not None:
-        bundle = bundle.to(device=device, dtype=torch_dtype)
+        try:
+            bundle = bundle.to(device=device, dtype=torch_dtype)
+        except (RuntimeError, AssertionError, ValueError) as err:  # e.g. no CUDA here
+            raise PretrainedError(f"cannot move {name!r} to device={device!r}, "
+                                  f"dtype={torch_dtype}: {err}") from None
     return bundle
 
 

@@ -1,0 +1,242 @@
+"""The ``ddim`` command: outputs, batch-size independence, and one-line errors with exit codes.
+
+In-process tests run ``ddim.cli.main`` on a tiny stand-in bundle (an elementwise network on
+1×4×4 samples, so results are bitwise independent of the batch); one subprocess test runs
+``python -m ddim`` on the bundled digits model.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddim
+from ddim import cli, noise
+
+
+class Elementwise(torch.nn.Module):
+    """A smooth per-pixel ε model: each sample's output depends on that sample only."""
+
+    def __init__(self, nan: bool = False):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(float("nan") if nan else 0.5))
+
+    def forward(self, x, t):
+        return self.w * torch.tanh(x) + t.to(x.dtype).reshape(-1, 1, 1, 1) / 2000
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Replace the CLI's loader: "tiny" and "nan" are known, anything else is unknown.
+
+    Returns the list of names the CLI asked for (to check that no work started).
+    """
+    calls = []
+
+    def fake_load(name, *, device=None, torch_dtype=None, schedule=None):
+        calls.append(name)
+        if name not in ("tiny", "nan"):
+            raise ddim.PretrainedError(f"model {name!r} not found")
+        return ddim.Pretrained(model=Elementwise(nan=name == "nan"),
+                               schedule=ddim.NoiseSchedule.linear(), sample_shape=(1, 4, 4),
+                               name=name)
+
+    monkeypatch.setattr(cli, "load_pretrained", fake_load)
+    return calls
+
+
+def run(capsys, *args):
+    """main(["sample", ...]) -> (exit status, stdout, stderr)."""
+    status = cli.main(["sample", "--model", "tiny", *map(str, args)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def load_npz(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ---------------------------------------------------------------------------- outputs
+def test_png_grid(loads, capsys, tmp_path):
+    status, out, err = run(capsys, "--steps", 2, "--num", 5, "--scale", 2,
+                           "--out", tmp_path / "s.png")
+    assert (status, err) == (0, "")
+    with Image.open(tmp_path / "s.png") as im:  # 3 columns, 2 rows of 4×4, padding 1, ×2
+        assert (im.format, im.mode, im.size) == ("PNG", "L", (32, 22))
+    assert out.startswith(f"wrote 5 images (tiny, 2 steps, eta 0, leading spacing) to "
+                          f"{tmp_path / 's.png'} in ") and out.endswith(" s\n")
+    assert os.listdir(tmp_path) == ["s.png"]
+
+
+def test_npz_images_and_metadata(loads, capsys, tmp_path):
+    status, out, _ = run(capsys, "--steps", 3, "--num", 6, "--eta", 0.5, "--seed", 7,
+                         "--spacing", "trailing", "--out", tmp_path / "s.npz")
+    assert status == 0 and "wrote 6 images" in out
+    data = load_npz(tmp_path / "s.npz")
+    assert data["images"].shape == (6, 4, 4, 1) and data["images"].dtype == np.uint8
+    assert {k: data[k].item() for k in ("model", "steps", "eta", "num", "seed", "spacing")} == {
+        "model": "tiny", "steps": 3, "eta": 0.5, "num": 6, "seed": 7, "spacing": "trailing"}
+    assert str(data["seed_rule"]) == cli.SEED_RULE
+
+
+def test_images_do_not_depend_on_batch_size(loads, capsys, tmp_path):
+    common = ("--steps", 3, "--eta", 1.0, "--seed", 3)  # η=1: noise drawn at every step
+    for bs in (3, 8):
+        assert run(capsys, *common, "--num", 8, "--batch-size", bs,
+                   "--out", tmp_path / f"b{bs}.npz")[0] == 0
+    a, b = load_npz(tmp_path / "b3.npz"), load_npz(tmp_path / "b8.npz")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # a shorter run is a prefix of a longer one; another seed gives other images
+    assert run(capsys, *common, "--num", 5, "--out", tmp_path / "n5.npz")[0] == 0
+    np.testing.assert_array_equal(load_npz(tmp_path / "n5.npz")["images"], a["images"][:5])
+    assert run(capsys, "--steps", 3, "--eta", 1.0, "--seed", 4, "--num", 8,
+               "--out", tmp_path / "s4.npz")[0] == 0
+    assert not np.array_equal(load_npz(tmp_path / "s4.npz")["images"], a["images"])
+
+
+def test_sample_seed_derivation_is_pinned():
+    # changing these changes every image made with a given --seed: keep them fixed
+    assert noise.sample_seed(0, 0) == 15793235383387715774
+    assert noise.sample_seed(0, 1) == 5836529245451711556
+    assert noise.sample_seed(1, 0) == 7434755675892716031
+    assert noise.sample_seed(0, 1_000_003) != noise.sample_seed(1, 0)  # unlike seed*K + i
+
+
+def test_progress_bar_is_opt_in_when_not_a_terminal(loads, capsys, tmp_path):
+    assert run(capsys, "--steps", 2, "--num", 2, "--out", tmp_path / "a.png")[2] == ""
+    status, _, err = run(capsys, "--steps", 2, "--num", 3, "--batch-size", 2, "--progress",
+                         "--out", tmp_path / "b.png")
+    assert status == 0 and "sampling 3 images" in err and "4/4" in err  # 2 chunks × 2 steps
+
+
+def test_help_and_version(capsys):
+    assert cli.main(["sample", "--help"]) == 0
+    assert "--batch-size" in capsys.readouterr().out
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ddim {ddim.__version__}"
+
+
+# ---------------------------------------------------------------------------- errors
+def check_error(capsys, args, status, fragment):
+    """main(args) exits with ``status`` after one ``ddim: error:`` line naming ``fragment``."""
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == status, err
+    assert out == "" and "Traceback" not in err
+    assert err.startswith("ddim: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert fragment in err, err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "nope"], "model 'nope' not found"),
+        (["--steps", 0], "steps must be an integer in [1, 1000], got 0"),
+        (["--steps", 1001], "steps must be an integer in [1, 1000], got 1001"),
+        (["--steps", 2.5], "argument --steps: invalid int value: '2.5'"),
+        (["--eta", -0.5], "eta must be a finite number >= 0.0, got -0.5"),
+        (["--eta", "nan"], "eta must be a finite number"),
+        (["--spacing", "uniform"], "argument --spacing: invalid choice: 'uniform'"),
+        (["--num", 0], "argument --num: must be an integer >= 1, got '0'"),
+        (["--num", 2.5], "argument --num: must be an integer >= 1, got '2.5'"),
+        (["--batch-size", -2], "argument --batch-size: must be an integer >= 1, got '-2'"),
+        (["--seed", -1], "argument --seed: must be an integer >= 0, got '-1'"),
+        (["--scale", 0], "argument --scale: must be an integer >= 1, got '0'"),
+        (["--device", "gpu7"], "--device: unknown device 'gpu7'"),
+        (["--colour"], "unrecognized arguments: --colour"),
+    ],
+)
+def test_bad_arguments(args, fragment, loads, capsys, tmp_path):
+    check_error(capsys, ["sample", "--model", "tiny", "--num", 2, "--steps", 2, *args,
+                         "--out", tmp_path / "s.png"], 2, fragment)
+    assert os.listdir(tmp_path) == []
+
+
+def test_no_subcommand(capsys):
+    check_error(capsys, [], 2, "the following arguments are required: COMMAND")
+    check_error(capsys, ["smaple"], 2, "invalid choice: 'smaple'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device(loads, capsys, tmp_path):
+    check_error(capsys, ["sample", "--device", "cuda", "--out", tmp_path / "s.png"], 2,
+                "--device: cuda is not available")
+    assert loads == []
+
+
+def test_unknown_model_with_the_real_loader(capsys, tmp_path):
+    missing = tmp_path / "no-such-model"
+    check_error(capsys, ["sample", "--model", missing, "--out", tmp_path / "s.png"], 2,
+                f"model '{missing}' not found")
+
+
+def bad_outputs(tmp_path):
+    (tmp_path / "folder.png").mkdir()
+    return {
+        "extension": (tmp_path / "s.jpg", "--out must end in .png or .npz, got"),
+        "no folder": (tmp_path / "missing" / "s.png", "does not exist"),
+        "a folder": (tmp_path / "folder.png", "is a directory"),
+    }
+
+
+@pytest.mark.parametrize("case", ["extension", "no folder", "a folder"])
+def test_bad_output_path_is_refused_before_loading(case, loads, capsys, tmp_path):
+    path, fragment = bad_outputs(tmp_path)[case]
+    check_error(capsys, ["sample", "--model", "tiny", "--out", path], 2, fragment)
+    assert loads == []  # refused before the model was even loaded
+    assert sorted(os.listdir(tmp_path)) == ["folder.png"]
+
+
+def test_unwritable_output_folder(loads, capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):  # root ignores permissions: make access() say no
+            real_access = os.access
+            monkeypatch.setattr(cli.os, "access", lambda p, mode: False if os.fspath(p) == str(
+                folder) else real_access(p, mode))
+        check_error(capsys, ["sample", "--model", "tiny", "--out", folder / "s.png"], 2,
+                    f"--out: folder '{folder}' is not writable")
+    finally:
+        folder.chmod(0o700)
+    assert loads == [] and os.listdir(folder) == []
+
+
+def test_nan_model_fails_with_status_1(loads, capsys, tmp_path):
+    check_error(capsys, ["sample", "--model", "nan", "--steps", 2, "--num", 2,
+                         "--out", tmp_path / "s.png"], 1, "NaN or inf at step 0")
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_failure_fails_with_status_1(loads, capsys, tmp_path, monkeypatch):
+    def full_disk(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ddim.images, "atomic_write", full_disk)
+    check_error(capsys, ["sample", "--model", "tiny", "--steps", 2, "--num", 2,
+                         "--out", tmp_path / "s.npz"], 1, "cannot write")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- real model
+@pytest.mark.skipif(not hasattr(ddim, "load_pretrained"), reason="ddim.load_pretrained missing")
+def test_python_m_ddim_with_the_bundled_model(tmp_path):
+    out = tmp_path / "s.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddim", "sample", "--model", "digits", "--steps", "2",
+         "--num", "4", "--out", str(out)], capture_output=True, text=True, env=env,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("wrote 4 images (digits, 2 steps") and proc.stderr == ""
+    images = load_npz(out)["images"]
+    assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
+    assert len({im.tobytes() for im in images}) == 4  # four different samples
