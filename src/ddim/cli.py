@@ -17,6 +17,7 @@ images do not depend on ``--batch-size`` or on the device's RNG.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,10 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
 from .images import save_image_grid, save_npz, to_uint8
+from .io import atomic_write_text
 from .noise import SEED_RULE, sample_generators, sample_seed  # noqa: F401 (re-exported)
 from .pretrained import BUNDLED_MODELS, PretrainedError, load_pretrained
 from .sampler import DEFAULT_STEPS, sample_iter
@@ -80,11 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- sample
-def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "sample", help="generate images with DDIM and save them as a PNG grid or .npz",
-        description="Generate images with DDIM and save them as a PNG grid (.png) or as uint8 "
-                    "images (N, H, W, C) with the run's arguments (.npz).")
+def _add_sampling_args(p: argparse.ArgumentParser, num: int) -> None:
+    """The options that say which images to generate (shared by sample and eval)."""
     p.add_argument("--model", default="digits",
                    help=f"bundled model {BUNDLED_MODELS}, diffusers folder or hub id "
                         "(default: %(default)s)")
@@ -92,12 +92,10 @@ def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
                    help="number of DDIM steps, 1..T (default: %(default)s)")
     p.add_argument("--eta", type=float, default=0.0,
                    help="η >= 0: 0 deterministic DDIM, 1 DDPM-like (default: %(default)s)")
-    p.add_argument("--num", type=_positive_int, default=64,
+    p.add_argument("--num", type=_positive_int, default=num,
                    help="number of images (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the run; image i uses seed (seed, i) (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("samples.png"),
-                   help="output file, .png (a grid) or .npz (arrays) (default: %(default)s)")
     p.add_argument("--spacing", choices=SPACINGS, default="leading",
                    help="timestep spacing; trailing suits few steps (default: %(default)s)")
     p.add_argument("--device", default=None,
@@ -105,12 +103,41 @@ def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="images per model call; does not change the images (default: "
                         "%(default)s)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: only when stderr is a terminal)")
+
+
+def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "sample", help="generate images with DDIM and save them as a PNG grid or .npz",
+        description="Generate images with DDIM and save them as a PNG grid (.png) or as uint8 "
+                    "images (N, H, W, C) with the run's arguments (.npz).")
+    _add_sampling_args(p, num=64)
+    p.add_argument("--out", type=Path, default=Path("samples.png"),
+                   help="output file, .png (a grid) or .npz (arrays) (default: %(default)s)")
     p.add_argument("--scale", type=_positive_int, default=4,
                    help="integer upscaling of the PNG grid, nearest neighbour "
                         "(default: %(default)s)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: only when stderr is a terminal)")
     p.set_defaults(run=run_sample)
+
+
+def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "eval", help="Fréchet distance (and class histogram) of samples against real data",
+        description="Fréchet distance between feature statistics of generated and reference "
+                    "images. Images come from --images (an .npz of uint8 (N, H, W, C) "
+                    "images, as `ddim sample`/`generate --pack` write) or are sampled with "
+                    "the sampling options. Features: the bundled digits classifier, or any "
+                    "function given as --features module:function (images -> (N, D)).")
+    _add_sampling_args(p, num=1000)
+    p.add_argument("--images", type=Path, default=None,
+                   help="evaluate these images (.npz with 'images') instead of sampling")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="reference images (.npz with 'images'; default: the 1797 real digits)")
+    p.add_argument("--features", default=None,
+                   help="feature extractor as module:function (default: digits classifier)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+    p.set_defaults(run=run_eval)
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -142,6 +169,70 @@ def run_sample(args: argparse.Namespace) -> int:
     print(f"wrote {args.num} images ({args.model}, {args.steps} steps, eta {args.eta:g}, "
           f"{args.spacing} spacing) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``ddim eval``: FD of given or freshly sampled images against a reference set."""
+    from .evaluation import evaluate
+    from .images import from_uint8
+
+    start = time.perf_counter()
+    if args.json is not None:
+        _check_output(args.json, (".json",))
+    extractor = _import_function(args.features) if args.features else None
+    reference = from_uint8(_read_npz_images(args.reference)) if args.reference else None
+    if args.images is not None:
+        images, source = from_uint8(_read_npz_images(args.images)), str(args.images)
+    else:
+        device = _check_device(args.device)
+        try:
+            bundle = load_pretrained(args.model, device=device)
+        except PretrainedError as err:
+            raise CliError(str(err)) from None
+        try:
+            images = _sample_in_chunks(bundle, args, device, _want_progress(args.progress))
+        except ValueError as err:
+            raise CliError(str(err), EXIT_FAILURE) from None
+        lo, hi = getattr(bundle, "data_range", (-1.0, 1.0))
+        images = images.clamp(lo, hi)  # what a saved image holds
+        source = (f"{args.model}, {args.num} samples, {args.steps} steps, eta {args.eta:g}, "
+                  f"{args.spacing}, seed {args.seed}")
+    try:
+        result = evaluate(images, reference, extractor)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from None
+    result.update(source=source, seconds=round(time.perf_counter() - start, 2))
+    print(f"FD {result['fd']:.4f} ({source}; {result['n']} vs {result['n_reference']} "
+          "reference images)")
+    if "classes" in result:
+        print("classes " + " ".join(map(str, result["classes"])))
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _read_npz_images(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data:
+                raise CliError(f"{path} has no 'images' array (found: {sorted(data.files)})")
+            return data["images"]
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read images from {path}: {err}") from None
+
+
+def _import_function(spec: str) -> Callable[..., Any]:
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise CliError(f"--features must be module:function, cannot import {spec!r}: {err}"
+                       ) from None
+    if not callable(fn):
+        raise CliError(f"--features {spec!r} is not callable")
+    return fn
 
 
 def _sample_in_chunks(bundle: Any, args: argparse.Namespace, device: torch.device | None,
@@ -241,4 +332,7 @@ def _progress_bar(total_steps: int, num: int) -> Any:
     return tqdm(total=total_steps, desc=f"sampling {num} images", unit="step", file=sys.stderr)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sample_parser,)
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_sample_parser,
+    _add_eval_parser,
+)

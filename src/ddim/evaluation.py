@@ -237,3 +237,39 @@ def class_histogram(
         )
     preds = logits.argmax(dim=1).cpu()
     return torch.bincount(preds, minlength=logits.shape[1])
+
+
+def evaluate(
+    images: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    feature_extractor: FeatureExtractor | None = None,
+    classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Fréchet distance of ``images`` to a reference set, and the class histogram.
+
+    Args:
+        images: (N, C, H, W) samples in the data range (clip them to it first, as a saved
+            image is), N >= 2.
+        reference: (M, C, H, W) real images; default: all 1797 scikit-learn digits.
+        feature_extractor: images -> (B, D) features; default: the digits classifier's 64-d
+            features. Any network works (an Inception-v3 for FID on natural images).
+        classifier: images -> (B, K) logits for the class histogram; default: the digits
+            classifier when the default features are used, else none.
+
+    Returns:
+        dict with ``fd``, ``n``, ``n_reference`` and (with a classifier) ``classes``.
+    """
+    if feature_extractor is None:
+        clf = load_digits_classifier()
+        feature_extractor = clf.features
+        classifier = classifier or clf
+    if reference is None:
+        from .digits import load_digits_images
+
+        reference = load_digits_images()[0]
+    fd = fd_from_features(extract_features(images, feature_extractor),
+                          extract_features(reference, feature_extractor))
+    out = dict(fd=fd, n=int(images.shape[0]), n_reference=int(reference.shape[0]))
+    if classifier is not None:
+        out["classes"] = class_histogram(images, classifier).tolist()
+    return out

@@ -55,6 +55,20 @@ def to_uint8(x: torch.Tensor | np.ndarray, data_range: Sequence[float] = (-1.0, 
     return v.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def from_uint8(images: np.ndarray | torch.Tensor, data_range: Sequence[float] = (-1.0, 1.0)
+               ) -> torch.Tensor:
+    """The inverse of :func:`to_uint8`: uint8 (B, H, W, C) -> float32 (B, C, H, W) in range.
+
+    0 maps to lo and 255 to hi of ``data_range``.
+    """
+    lo, hi = _check_data_range(data_range)
+    a = torch.as_tensor(np.asarray(images))
+    if a.dtype != torch.uint8 or a.ndim != 4:
+        raise ValueError(f"images must be a uint8 array of shape (B, H, W, C), got dtype "
+                         f"{a.dtype} and shape {tuple(a.shape)}")
+    return (a.permute(0, 3, 1, 2).to(torch.float32) * ((hi - lo) / 255.0) + lo).contiguous()
+
+
 def to_pil(x: torch.Tensor | np.ndarray, data_range: Sequence[float] = (-1.0, 1.0)
            ) -> list[Image.Image]:
     """Float images (B, C, H, W) as a list of B PIL images (mode ``L`` for C=1, ``RGB`` for C=3).

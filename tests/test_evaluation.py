@@ -1,0 +1,114 @@
+"""Fréchet distance against closed forms; the digits classifier; `ddim eval`; a cheap
+quality check of the bundled model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import ddim
+from ddim import cli
+from ddim.digits import digits_split, load_digits_images
+from ddim.evaluation import (
+    evaluate,
+    fd_from_features,
+    feature_statistics,
+    frechet_distance,
+    load_digits_classifier,
+)
+
+F64 = dict(dtype=torch.float64)
+
+
+def test_fd_closed_form_commuting_covariances():
+    mu1, mu2 = torch.tensor([1.0, -2.0, 0.5], **F64), torch.tensor([0.0, 1.0, 0.5], **F64)
+    c1, c2 = torch.tensor([4.0, 1.0, 0.25], **F64), torch.tensor([1.0, 9.0, 0.25], **F64)
+    expected = ((mu1 - mu2) ** 2).sum() + ((c1.sqrt() - c2.sqrt()) ** 2).sum()
+    got = frechet_distance(mu1, torch.diag(c1), mu2, torch.diag(c2))
+    assert got == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_fd_closed_form_general_covariances():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 5, generator=g, **F64), torch.randn(5, 5, generator=g, **F64)
+    c1, c2 = a @ a.T + 0.1 * torch.eye(5, **F64), b @ b.T + 0.1 * torch.eye(5, **F64)
+    mu1, mu2 = torch.randn(5, generator=g, **F64), torch.randn(5, generator=g, **F64)
+    # tr sqrt(C1 C2) through the eigenvalues of C1 C2 (real, positive)
+    cross = torch.linalg.eigvals(c1 @ c2).real.clamp(min=0).sqrt().sum()
+    expected = ((mu1 - mu2) ** 2).sum() + c1.trace() + c2.trace() - 2 * cross
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected.item(), rel=1e-9)
+    assert frechet_distance(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-9)
+    # symmetric in its two arguments
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(
+        frechet_distance(mu2, c2, mu1, c1), rel=1e-9)
+
+
+def test_fd_from_samples_converges_to_the_gaussian_value():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200_000, 2, generator=g, **F64) * torch.tensor([1.0, 2.0], **F64)
+    y = torch.randn(200_000, 2, generator=g, **F64) * 0.5 + torch.tensor([1.0, 0.0], **F64)
+    expected = 1.0 + (1 - 0.5) ** 2 + (2 - 0.5) ** 2
+    assert fd_from_features(x, y) == pytest.approx(expected, rel=0.01)
+    mu, cov = feature_statistics(x)
+    assert cov.shape == (2, 2) and mu.shape == (2,)
+
+
+@pytest.mark.parametrize("args,match", [
+    ((torch.zeros(3), torch.eye(2), torch.zeros(3), torch.eye(3)), r"cov1 must have shape"),
+    ((torch.zeros(2), torch.eye(2), torch.zeros(3), torch.eye(2)), r"mu2 must have shape"),
+    ((torch.tensor([float("nan"), 0.0]), torch.eye(2), torch.zeros(2), torch.eye(2)),
+     r"mu1 must be finite"),
+])
+def test_fd_bad_inputs(args, match):
+    with pytest.raises(ValueError, match=match):
+        frechet_distance(*args)
+
+
+def test_classifier_accuracy_and_reference_fds():
+    clf = load_digits_classifier()
+    _, _, x, y = digits_split()
+    with torch.no_grad():
+        acc = (clf(x).argmax(1) == y).float().mean().item()
+    assert acc >= 0.98
+    real = load_digits_images()[0]
+    real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))]
+    floor = evaluate(real[:1000], real[1000:])["fd"]
+    noise = torch.randn(1000, 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    ceiling = evaluate(noise)["fd"]
+    assert floor < 0.01 * ceiling
+
+
+def test_bundled_model_quality_cheap():
+    """200 samples, S=10, η=0: the README's full figures come from benchmarks/."""
+    model = ddim.load_pretrained("digits")
+    gens = [torch.Generator().manual_seed(i) for i in range(200)]
+    x = ddim.sample(model, 10, batch_size=200, generator=gens).clamp(-1, 1)
+    result = evaluate(x)
+    noise = torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    ceiling = evaluate(noise)["fd"]
+    assert result["fd"] < 0.08 * ceiling, (result, ceiling)
+    assert min(result["classes"]) >= 5 and max(result["classes"]) <= 45, result["classes"]
+
+
+def test_cli_eval_of_an_npz(tmp_path, capsys):
+    real = load_digits_images()[0][:300]
+    images = ddim.to_uint8(real)
+    np.savez(tmp_path / "real.npz", images=images)
+    assert cli.main(["eval", "--images", str(tmp_path / "real.npz"),
+                     "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("FD ") and "classes" in out
+    result = json.loads((tmp_path / "r.json").read_text())
+    # 300 real digits against all 1797: small but not zero (FD is biased upwards at small n)
+    assert result["n"] == 300 and result["fd"] < 15 and sum(result["classes"]) == 300
+
+
+def test_cli_eval_errors(tmp_path, capsys):
+    assert cli.main(["eval", "--images", str(tmp_path / "missing.npz")]) == 2
+    assert "cannot read images" in capsys.readouterr().err
+    np.savez(tmp_path / "x.npz", other=np.zeros(3))
+    assert cli.main(["eval", "--images", str(tmp_path / "x.npz")]) == 2
+    assert "has no 'images' array" in capsys.readouterr().err
+    assert cli.main(["eval", "--images", str(tmp_path / "x.npz"), "--features", "nope:f"]) == 2
+    assert "--features must be module:function" in capsys.readouterr().err
