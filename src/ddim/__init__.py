@@ -1,5 +1,6 @@
 """ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs."""
 
+from .accelerate import accelerate
 from .images import make_grid, save_image_grid, to_pil, to_uint8
 from .interpolate import interpolation_strip, slerp
 from .pretrained import BUNDLED_MODELS, Pretrained, PretrainedError, load_pretrained
@@ -16,6 +17,7 @@ __all__ = [
     "NonFiniteError",
     "SampleStep",
     "StepOutput",
+    "accelerate",
     "ddim_sigma",
     "ddim_step",
     "interpolation_strip",

@@ -1,0 +1,116 @@
+"""Acceleration modes compute the same function as the eager model, or warn and fall back."""
+
+import warnings
+
+import pytest
+import torch
+
+import ddim
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ddim.load_pretrained("digits")
+
+
+def _max_rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_trace_matches_eager_for_each_batch_shape(digits):
+    fast = ddim.accelerate(digits, "trace")
+    assert fast.schedule == digits.schedule and fast.sample_shape == digits.sample_shape
+    for batch in (1, 5):
+        x_T = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fall-back, no warning
+            ours = ddim.sample(fast, 10, x_T=x_T)
+        assert _max_rel(ours, ddim.sample(digits, 10, x_T=x_T)) <= 1e-5
+    assert len(fast.model._forwards) == 2 and not fast.model.fallbacks
+
+
+def test_channels_last_matches_and_leaves_the_callers_network_alone(digits):
+    fast = ddim.accelerate(digits, "channels_last")
+    x_T = torch.randn(3, 1, 8, 8)
+    assert _max_rel(ddim.sample(fast, 5, x_T=x_T), ddim.sample(digits, 5, x_T=x_T)) <= 1e-5
+    weight = next(p for p in digits.parameters() if p.ndim == 4)
+    assert weight.is_contiguous()  # the original is still NCHW
+
+
+def test_bf16_autocast_within_its_stated_tolerance(digits):
+    fast = ddim.accelerate(digits, "autocast_bf16")
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 1000, (8,), generator=g)
+    with torch.no_grad():
+        assert _max_rel(fast(x, t), digits(x, t)) <= 5e-2  # the stated per-call tolerance
+    x_T = torch.randn(4, 1, 8, 8, generator=g)
+    out = ddim.sample(fast, 10, x_T=x_T)
+    assert out.dtype == torch.float32 and not fast.model.fallbacks
+    assert _max_rel(out, ddim.sample(digits, 10, x_T=x_T)) <= 0.1  # after 10 steps
+
+
+def test_compile_matches_eager():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.SiLU(),
+                              torch.nn.Conv2d(4, 1, 3, padding=1)).eval()
+
+    def model(x, t):
+        return net(x) * (1 + t[:, None, None, None].float() / 1000)
+
+    model.parameters = net.parameters
+    fast = ddim.accelerate(model, "compile")
+    x_T = torch.randn(2, 1, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ddim.sample(fast, 4, x_T=x_T)
+    assert not fast.fallbacks, fast.fallbacks
+    assert not [w for w in caught if "ddim.accelerate" in str(w.message)]
+    assert _max_rel(out, ddim.sample(model, 4, x_T=x_T)) <= 1e-5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fall-back")
+def test_cuda_graph_on_cpu_warns_and_falls_back(digits):
+    fast = ddim.accelerate(digits, "cuda_graph")
+    x_T = torch.randn(2, 1, 8, 8)
+    with pytest.warns(RuntimeWarning, match="cuda_graph is not used .*CUDA graphs need a CUDA"):
+        out = ddim.sample(fast, 3, x_T=x_T)
+    torch.testing.assert_close(out, ddim.sample(digits, 3, x_T=x_T))
+
+
+def test_untraceable_model_warns_and_falls_back():
+    def model(x, t):  # leaves torch: cannot be traced into a graph
+        return torch.from_numpy(x.numpy() * 0.1)
+
+    fast = ddim.accelerate(model, "trace")
+    x_T = torch.randn(1, 1, 4, 4)
+    with pytest.warns(RuntimeWarning, match="trace is not used"):
+        out = ddim.sample(fast, 3, x_T=x_T)
+    torch.testing.assert_close(out, ddim.sample(model, 3, x_T=x_T))
+
+
+def test_wrong_result_is_refused_not_used(monkeypatch, digits):
+    from ddim.accelerate import Accelerated
+
+    monkeypatch.setattr(Accelerated, "_trace", staticmethod(lambda fn, x, t: lambda x, t:
+                                                           fn(x, t) + 1.0))
+    fast = ddim.accelerate(digits, "trace")
+    x_T = torch.randn(1, 1, 8, 8)
+    with pytest.warns(RuntimeWarning, match="differs from the eager model"):
+        out = ddim.sample(fast, 3, x_T=x_T)
+    torch.testing.assert_close(out, ddim.sample(digits, 3, x_T=x_T))
+
+
+def test_bad_modes():
+    with pytest.raises(ValueError, match=r"mode must be one of .*got 'turbo'"):
+        ddim.accelerate(lambda x, t: x, "turbo")
+    with pytest.raises(ValueError, match="at least one mode"):
+        ddim.accelerate(lambda x, t: x)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_matches_eager(digits):
+    gpu = digits.to("cuda")
+    fast = ddim.accelerate(gpu, "cuda_graph")
+    x_T = torch.randn(2, 1, 8, 8, device="cuda")
+    assert _max_rel(ddim.sample(fast, 10, x_T=x_T), ddim.sample(gpu, 10, x_T=x_T)) <= 1e-5
+    assert not fast.model.fallbacks
