@@ -23,8 +23,12 @@ import torch
 
 import ddim
 from ddim.digits import digits_split, load_digits_images
-from ddim.evaluation import class_histogram, extract_features, fd_from_features, \
-    load_digits_classifier
+from ddim.evaluation import (
+    class_histogram,
+    extract_features,
+    fd_from_features,
+    load_digits_classifier,
+)
 from ddim.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
