@@ -51,12 +51,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--cond", action="store_true",
+                   help="class-conditional model (num_class_embeds=11: digits 0-9 and the "
+                        "null class 10 for classifier-free guidance)")
+    p.add_argument("--label-dropout", type=float, default=0.1,
+                   help="with --cond: probability of replacing a label by the null class")
     return p.parse_args(argv)
 
 
-def make_unet() -> UNet2DModel:
-    """The bundled model: a two-level UNet for 1×8×8 images (about 0.65M parameters)."""
+NULL_CLASS = 10  # the "no label" class of the conditional model
+
+
+def make_unet(cond: bool = False) -> UNet2DModel:
+    """The bundled model: a two-level UNet for 1×8×8 images (about 0.65M parameters).
+
+    ``cond``: add a class embedding for the labels 0..9 and the null class 10.
+    """
     return UNet2DModel(
+        num_class_embeds=NULL_CLASS + 1 if cond else None,
         sample_size=8,
         in_channels=1,
         out_channels=1,
@@ -101,14 +113,15 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def diffusion_loss(
-    model: UNet2DModel, x0: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator
+    model: UNet2DModel, x0: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ε-prediction MSE at uniformly drawn t: x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε."""
     t = torch.randint(0, alphas_cumprod.numel(), (x0.shape[0],), generator=gen)
     eps = torch.randn(x0.shape, generator=gen)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * eps
-    return F.mse_loss(model(x_t, t).sample, eps)
+    return F.mse_loss(model(x_t, t, class_labels=labels).sample, eps)
 
 
 class BatchSampler:
@@ -120,11 +133,15 @@ class BatchSampler:
 
     def next(self) -> torch.Tensor:
         """The next batch; a new permutation is appended whenever fewer than a batch remain."""
+        return self.data[self.next_indices()]
+
+    def next_indices(self) -> torch.Tensor:
+        """Indices of the next batch into ``data``."""
         while self._order.numel() < self.batch_size:
             perm = torch.randperm(self.data.shape[0], generator=self.gen)
             self._order = torch.cat([self._order, perm])
         idx, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
-        return self.data[idx]
+        return idx
 
 
 def _make_readable(folder: Path) -> None:
@@ -170,11 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    train_x = digits_split()[0]
+    train_x, train_y = digits_split()[:2]
     alphas_cumprod = NoiseSchedule.linear(
         NUM_TRAIN_TIMESTEPS, BETA_START, BETA_END
     ).alphas_cumprod.float()
-    model = make_unet()
+    model = make_unet(args.cond)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     batches = BatchSampler(train_x, args.batch_size, gen)
@@ -202,7 +219,12 @@ def main(argv: list[str] | None = None) -> None:
             lr = learning_rate(step, args.steps, args.lr, args.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = diffusion_loss(model, batches.next(), alphas_cumprod, gen)
+            idx = batches.next_indices()
+            labels = None
+            if args.cond:  # label dropout to the null class: one model, cond. and uncond.
+                drop = torch.rand(idx.numel(), generator=gen) < args.label_dropout
+                labels = torch.where(drop, NULL_CLASS, train_y[idx])
+            loss = diffusion_loss(model, train_x[idx], alphas_cumprod, gen, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -224,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
                 info = {"steps": step, "seconds": round(seconds, 1), "seed": args.seed,
                         "command": command, "final_loss": loss_value,
                         "batch_size": args.batch_size, "lr": args.lr,
-                        "ema_decay": args.ema_decay, "parameters": n_params}
+                        "ema_decay": args.ema_decay, "parameters": n_params,
+                        "class_conditional": args.cond,
+                        "label_dropout": args.label_dropout if args.cond else None}
                 save_pipeline(ema, args.out, info)
                 if args.state is not None:
                     save_state(args.state, {
