@@ -19,6 +19,7 @@ import torch
 
 from . import noise as _noise
 from ._checks import check_choice, check_eta, check_int
+from .guidance import conditioning
 from .models import ModelFn, as_model_fn, fit_output, model_device_dtype, model_sample_shape
 from .schedule import FINAL_ALPHAS, SPACINGS, NoiseSchedule
 from .step import PREDICTION_TYPES, ddim_step, predict_x0_eps, step_coefficients
@@ -87,6 +88,10 @@ def sample_iter(
     dynamic_threshold: float | None = None,
     dynamic_threshold_max: float = 1.0,
     rederive_eps: bool = False,
+    class_labels: Any = None,
+    guidance_scale: float | None = None,
+    model_kwargs: dict[str, torch.Tensor] | None = None,
+    uncond_kwargs: dict[str, torch.Tensor] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
@@ -104,7 +109,8 @@ def sample_iter(
         sigma_hat=sigma_hat, generator=generator, prediction_type=prediction_type,
         clip_sample=clip_sample, dynamic_threshold=dynamic_threshold,
         dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps,
-        device=device, dtype=dtype,
+        class_labels=class_labels, guidance_scale=guidance_scale, model_kwargs=model_kwargs,
+        uncond_kwargs=uncond_kwargs, device=device, dtype=dtype,
     )
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(i, t, x, pred_x0), "
@@ -143,6 +149,12 @@ def sample(model: Any, steps: int | None = None, eta: float = 0.0, *,
         clip_sample: clamp x̂0 to [-clip_sample, clip_sample] (off by default, as the paper).
         dynamic_threshold, dynamic_threshold_max: Imagen's dynamic thresholding of x̂0.
         rederive_eps: recompute ε̂ from the processed x̂0 (diffusers' use_clipped_model_output).
+        class_labels: int64 (B,) labels (or one int) for a class-conditional model.
+        guidance_scale: classifier-free guidance weight w >= 0 (1: conditional, 0:
+            unconditional; one batched forward for both halves). See :mod:`ddim.guidance`.
+        model_kwargs, uncond_kwargs: conditioning tensors (batch first) passed to the model as
+            keywords, e.g. ``encoder_hidden_states``; ``uncond_kwargs`` is the unconditional
+            half for guidance.
         callback: called as ``callback(i, t, x, pred_x0)`` after step i, x being the new sample.
         progress: show a tqdm progress bar.
         max_batch_size: run the batch in chunks of at most this many samples (bounded
@@ -167,14 +179,24 @@ def sample(model: Any, steps: int | None = None, eta: float = 0.0, *,
     setup = {n: v for n, v in kwargs.items() if n not in ("callback", "progress")}
     x_T = _prepare(model, steps, eta, **setup).x  # validates everything, draws x_T once
     gens = kwargs.get("generator")
+    per_sample = ("class_labels", "model_kwargs", "uncond_kwargs")
     rest = {n: v for n, v in kwargs.items() if n not in ("x_T", "shape", "batch_size",
-                                                         "generator", "device")}
+                                                         "generator", "device", *per_sample)}
     chunks = []
     for lo in range(0, x_T.shape[0], k):
-        g = gens if gens is None or isinstance(gens, torch.Generator) else gens[lo:lo + k]
-        chunks.append(_drain(sample_iter(model, steps, eta, x_T=x_T[lo:lo + k], generator=g,
-                                         **rest)))
+        part = slice(lo, lo + k)
+        g = gens if gens is None or isinstance(gens, torch.Generator) else gens[part]
+        cond = {n: _rows(kwargs[n], part) for n in per_sample if kwargs.get(n) is not None}
+        chunks.append(_drain(sample_iter(model, steps, eta, x_T=x_T[part], generator=g,
+                                         **cond, **rest)))
     return torch.cat(chunks)
+
+
+def _rows(value: Any, part: slice) -> Any:
+    """Rows ``part`` of per-sample conditioning (labels, or a dict of batch-first tensors)."""
+    if isinstance(value, dict):
+        return {k: v[part] for k, v in value.items()}
+    return value if isinstance(value, int) else value[part]
 
 
 def _drain(steps: Iterator[SampleStep]) -> torch.Tensor:
@@ -195,6 +217,10 @@ def invert(
     timesteps: Sequence[int] | torch.Tensor | None = None,
     final_alpha: str = "one",
     prediction_type: str | None = None,
+    class_labels: Any = None,
+    guidance_scale: float | None = None,
+    model_kwargs: dict[str, torch.Tensor] | None = None,
+    uncond_kwargs: dict[str, torch.Tensor] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Deterministic DDIM encoding x0 -> x_T: the η=0 update run upwards through the grid.
@@ -207,7 +233,8 @@ def invert(
 
     Args:
         model, steps, schedule, spacing, steps_offset, timesteps, final_alpha,
-        prediction_type, progress: as in :func:`sample`.
+        prediction_type, class_labels, guidance_scale, model_kwargs, uncond_kwargs, progress:
+        as in :func:`sample` (decode with the same conditioning).
         x0: (B, ...) floating tensor in the model's data range.
 
     Returns:
@@ -217,7 +244,9 @@ def invert(
         raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
     plan = _prepare(model, steps, 0.0, x_T=x0, schedule=schedule, spacing=spacing,
                     steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
-                    prediction_type=prediction_type, x_name="x0")
+                    prediction_type=prediction_type, class_labels=class_labels,
+                    guidance_scale=guidance_scale, model_kwargs=model_kwargs,
+                    uncond_kwargs=uncond_kwargs, x_name="x0")
     ptype = plan.step_kwargs["prediction_type"]
     x = plan.x
     order = range(len(plan.grid) - 1, -1, -1)
@@ -292,6 +321,10 @@ def _prepare(
     dynamic_threshold: float | None = None,
     dynamic_threshold_max: float = 1.0,
     rederive_eps: bool = False,
+    class_labels: Any = None,
+    guidance_scale: float | None = None,
+    model_kwargs: dict[str, torch.Tensor] | None = None,
+    uncond_kwargs: dict[str, torch.Tensor] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     x_name: str = "x_T",
@@ -333,6 +366,9 @@ def _prepare(
     model_device, model_dtype = model_device_dtype(model)
     x = _initial_sample(model, x_T, shape, batch_size, device, dtype, model_device, x_name)
     gens = _noise.check_generators(generator, x.shape[0], x.device)
+    fn = conditioning(model, x.shape[0], x.device, class_labels=class_labels,
+                      guidance_scale=guidance_scale, model_kwargs=model_kwargs,
+                      uncond_kwargs=uncond_kwargs) or fn
     if x_T is None:
         x = _noise.randn(x.shape, gens, x.device, x.dtype)
     noisy = (c_noise > 0).tolist()

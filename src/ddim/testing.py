@@ -110,6 +110,11 @@ class GaussianMixture:
 
         return fn
 
+    def conditional_model(self, schedule: NoiseSchedule) -> ConditionalOracle:
+        """A class-conditional oracle: label k gives component k's exact ε, the null label
+        K (= number of components) the mixture's. See :class:`ConditionalOracle`."""
+        return ConditionalOracle(self, schedule)
+
     def flow_map(self, x_T: torch.Tensor, alpha_bar_T: float, alpha_bar_0: float = 1.0
                  ) -> torch.Tensor:
         """Exact probability-flow ODE map from level ᾱ_T to ᾱ_0, for a single component.
@@ -125,6 +130,30 @@ class GaussianMixture:
         xb_T = x_T.to(torch.float64) / math.sqrt(alpha_bar_T)
         xb_0 = mu + (xb_T - mu) * ((s2 + sb_0) / (s2 + sb_T)).sqrt()
         return xb_0 * math.sqrt(alpha_bar_0)
+
+
+class ConditionalOracle:
+    """``model(x, t, class_labels) -> ε``: exact per-component ε, mixture ε for the null class.
+
+    Has ``num_classes`` (K) and ``null_class`` (K) as :mod:`ddim.guidance` expects.
+    """
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule) -> None:
+        self.mixture, self.alphas = mixture, schedule.alphas_cumprod
+        self.num_classes = self.null_class = mixture.means.shape[0]
+        self.calls: list[int] = []  # batch size of every call
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor,
+                 class_labels: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        a = self.alphas[t.cpu()]
+        out = self.mixture.eps(x, a)  # the null class: the whole mixture
+        for k in range(self.num_classes):
+            rows = (class_labels == k).cpu()
+            if rows.any():
+                single = GaussianMixture(self.mixture.means[k:k + 1], self.mixture.stds[k:k + 1])
+                out[rows] = single.eps(x[rows], a[rows])
+        return out.to(x.dtype)
 
 
 def _per_sample(alpha_bar: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

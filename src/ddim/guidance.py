@@ -1,0 +1,151 @@
+"""Conditioning and classifier-free guidance as model adapters.
+
+Classifier-free guidance (Ho & Salimans 2022) mixes a conditional and an unconditional
+prediction of one network: out = out_u + w·(out_c - out_u). Here both halves run in ONE
+batched forward (inputs concatenated along the batch), and w = 1 (purely conditional) and
+w = 0 (purely unconditional) skip the other half, so they equal plain conditional or
+unconditional sampling exactly.
+
+Conditioning is given as keyword tensors of the network's forward, batch first: for a diffusers
+``UNet2DModel`` with ``num_class_embeds`` that is ``class_labels`` (int64 (B,)), for a
+``UNet2DConditionModel`` ``encoder_hidden_states`` (B, L, D). Class-conditional bundles
+(``ddim.load_pretrained("digits-cond")``) reserve their last class embedding as the null
+("no label") class that guidance uses for the unconditional half.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .models import ModelFn, _is_diffusers_model, unwrap_output
+
+Kwargs = Mapping[str, torch.Tensor]
+
+
+def conditional_fn(model: Any, cond: Kwargs) -> ModelFn:
+    """``fn(x, t)`` calling ``model(x, t, **cond)`` (diffusers models with return_dict=False)."""
+    network = getattr(model, "model", model) if hasattr(model, "schedule") else model
+    extra = {"return_dict": False} if _is_diffusers_model(network) else {}
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unwrap_output(network(x, t, **cond, **extra))
+
+    return fn
+
+
+def guided_fn(model: Any, cond: Kwargs, uncond: Kwargs, guidance_scale: float) -> ModelFn:
+    """``fn(x, t)`` = out_u + w·(out_c - out_u), one batched forward for both halves.
+
+    Args:
+        model: a network accepting the keyword tensors of ``cond``/``uncond``.
+        cond, uncond: keyword tensors (batch first, batch B) for the two halves.
+        guidance_scale: w >= 0; 1 is purely conditional, 0 purely unconditional.
+    """
+    if guidance_scale == 1:
+        return conditional_fn(model, cond)
+    if guidance_scale == 0:
+        return conditional_fn(model, uncond)
+    both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
+    fn2 = conditional_fn(model, both)
+    w = float(guidance_scale)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out_c, out_u = fn2(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
+        return out_u + w * (out_c - out_u)
+
+    return fn
+
+
+def conditioning(
+    model: Any,
+    batch_size: int,
+    device: torch.device,
+    *,
+    class_labels: Any = None,
+    guidance_scale: float | None = None,
+    model_kwargs: Kwargs | None = None,
+    uncond_kwargs: Kwargs | None = None,
+) -> ModelFn | None:
+    """The adapted model for these conditioning options, or None when there are none.
+
+    Validates: labels are integers in [0, num_classes) of shape (B,) (or one int for all),
+    guidance needs an unconditional half (a null class, or ``uncond_kwargs``), every keyword
+    tensor has the batch size B.
+    """
+    if class_labels is None and guidance_scale is None and not model_kwargs and not uncond_kwargs:
+        return None
+    cond = {k: _to(v, device) for k, v in (model_kwargs or {}).items()}
+    uncond = ({k: _to(v, device) for k, v in uncond_kwargs.items()}
+              if uncond_kwargs is not None else None)
+    num_classes, null = class_info(model)
+    if class_labels is not None:
+        if num_classes is None:
+            raise ValueError("class_labels given, but the model is not class-conditional "
+                             "(no num_class_embeds in its config)")
+        labels = _labels(class_labels, batch_size, num_classes, device)
+        cond["class_labels"] = labels
+        if uncond is None and null is not None:
+            uncond = {"class_labels": torch.full_like(labels, null)}
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or (
+                not math.isfinite(guidance_scale) or guidance_scale < 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got "
+                             f"{guidance_scale!r}")
+        if not cond:
+            raise ValueError("guidance_scale needs conditioning: pass class_labels (for a "
+                             "class-conditional model) or model_kwargs")
+        if uncond is None:
+            raise ValueError("guidance_scale needs an unconditional half: this model has no "
+                             "null class; pass uncond_kwargs")
+    for name, kw in (("model_kwargs", cond), ("uncond_kwargs", uncond or {})):
+        for k, v in kw.items():
+            if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch_size:
+                raise ValueError(f"{name}[{k!r}] must be a tensor with batch size "
+                                 f"{batch_size} first, got "
+                                 f"{tuple(v.shape) if isinstance(v, torch.Tensor) else v!r}")
+    if uncond is not None and set(uncond) != set(cond):
+        raise ValueError(f"uncond_kwargs must have the keys of the conditioning "
+                         f"{sorted(cond)}, got {sorted(uncond)}")
+    if guidance_scale is None:
+        return conditional_fn(model, cond)
+    return guided_fn(model, cond, uncond, guidance_scale)
+
+
+def class_info(model: Any) -> tuple[int | None, int | None]:
+    """(number of real classes, null class) of a class-conditional model, else (None, None).
+
+    A bundle may say so itself (``num_classes``, ``null_class``); a diffusers UNet with
+    ``num_class_embeds = K`` is taken to have K-1 classes and the null class K-1 (the
+    convention of the bundled ``digits-cond``).
+    """
+    if getattr(model, "num_classes", None) is not None:
+        return model.num_classes, getattr(model, "null_class", None)
+    network = getattr(model, "model", model)
+    config = getattr(network, "config", None)
+    k = config.get("num_class_embeds") if config is not None and hasattr(config, "get") else None
+    return (k - 1, k - 1) if k else (None, None)
+
+
+def _labels(class_labels: Any, batch_size: int, num_classes: int,
+            device: torch.device) -> torch.Tensor:
+    if isinstance(class_labels, int) and not isinstance(class_labels, bool):
+        class_labels = [class_labels] * batch_size
+    labels = torch.as_tensor(class_labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
+        raise ValueError(f"class_labels must be integers of shape ({batch_size},), got "
+                         f"{labels.dtype} of shape {tuple(labels.shape)}")
+    if labels.shape[0] != batch_size:
+        raise ValueError(f"class_labels must have one label per sample ({batch_size}), got "
+                         f"{labels.shape[0]}")
+    if (labels < 0).any() or (labels >= num_classes).any():
+        raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got "
+                         f"{labels.tolist()[:8]}")
+    return labels.to(device=device, dtype=torch.int64)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
