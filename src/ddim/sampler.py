@@ -1,4 +1,4 @@
-"""The DDIM loop: ``sample_iter`` yields every step, ``sample`` drains it, ``invert`` encodes.
+"""The DDIM loop: ``sample_iter`` yields every step and ``sample`` drains it.
 
 All arguments are checked once, up front; the loop itself only calls the model (without
 autograd: sampling builds no graph), checks the output's shape (a Python comparison) and
@@ -22,7 +22,7 @@ from ._checks import check_choice, check_eta, check_int
 from .guidance import conditioning
 from .models import ModelFn, as_model_fn, fit_output, model_device_dtype, model_sample_shape
 from .schedule import FINAL_ALPHAS, SPACINGS, NoiseSchedule
-from .step import PREDICTION_TYPES, ddim_step, predict_x0_eps, step_coefficients
+from .step import PREDICTION_TYPES, ddim_step, step_coefficients
 
 DEFAULT_STEPS = 50
 
@@ -203,62 +203,6 @@ def _drain(steps: Iterator[SampleStep]) -> torch.Tensor:
     x = None
     for out in steps:
         x = out.sample
-    return x
-
-
-def invert(
-    model: Any,
-    x0: torch.Tensor,
-    steps: int | None = None,
-    *,
-    schedule: NoiseSchedule | None = None,
-    spacing: str = "leading",
-    steps_offset: int = 0,
-    timesteps: Sequence[int] | torch.Tensor | None = None,
-    final_alpha: str = "one",
-    prediction_type: str | None = None,
-    class_labels: Any = None,
-    guidance_scale: float | None = None,
-    model_kwargs: dict[str, torch.Tensor] | None = None,
-    uncond_kwargs: dict[str, torch.Tensor] | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Deterministic DDIM encoding x0 -> x_T: the η=0 update run upwards through the grid.
-
-    The inverse of decoder step i (model at grid point t_i, from level ᾱ(t_i) down to ᾱ_prev)
-    goes from ᾱ_prev up to ᾱ(t_i) and evaluates the model at the same timestep t_i, on the
-    sample it has (at level ᾱ_prev): the decoder's timestep, not the loop index. Decoding the
-    result with :func:`sample` on the same grid returns x0 up to the discretisation error
-    (the model sees x_prev where the decoder will see x_t), which shrinks as S grows.
-
-    Args:
-        model, steps, schedule, spacing, steps_offset, timesteps, final_alpha,
-        prediction_type, class_labels, guidance_scale, model_kwargs, uncond_kwargs, progress:
-        as in :func:`sample` (decode with the same conditioning).
-        x0: (B, ...) floating tensor in the model's data range.
-
-    Returns:
-        x_T, x0's shape, in x0's dtype promoted to at least float32.
-    """
-    if not isinstance(x0, torch.Tensor):
-        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
-    plan = _prepare(model, steps, 0.0, x_T=x0, schedule=schedule, spacing=spacing,
-                    steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
-                    prediction_type=prediction_type, class_labels=class_labels,
-                    guidance_scale=guidance_scale, model_kwargs=model_kwargs,
-                    uncond_kwargs=uncond_kwargs, x_name="x0")
-    ptype = plan.step_kwargs["prediction_type"]
-    x = plan.x
-    order = range(len(plan.grid) - 1, -1, -1)
-    probes = x.new_empty(len(order), dtype=torch.float32)
-    for j, i in enumerate(_progress(order, progress, "inverting")):
-        with torch.no_grad():
-            out = _call(plan, x, i)
-            probes[j] = out.sum(dtype=torch.float32)
-            eps = out if ptype == "epsilon" else predict_x0_eps(
-                x, out.to(x.dtype), plan.alpha_bar_t[i], ptype)[1]
-            x = ddim_step(x, eps, plan.alpha_bar_prev[i], plan.alpha_bar_t[i]).prev_sample
-    _check_finite(probes, [plan.grid[i] for i in order])
     return x
 
 
