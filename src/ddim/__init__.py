@@ -1,6 +1,7 @@
 """ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs."""
 
 from .accelerate import accelerate
+from .editing import img2img, inpaint
 from .images import make_grid, save_image_grid, to_pil, to_uint8
 from .interpolate import interpolation_strip, slerp
 from .inversion import invert
@@ -21,6 +22,8 @@ __all__ = [
     "accelerate",
     "ddim_sigma",
     "ddim_step",
+    "img2img",
+    "inpaint",
     "interpolation_strip",
     "make_grid",
     "save_image_grid",

@@ -1,0 +1,156 @@
+"""Image editing with a pretrained DDPM: image-to-image and inpainting.
+
+- :func:`img2img` (SDEdit with DDIM): noise an image to the level a fraction ``strength`` of
+  the way up the grid, then denoise it with the remaining grid points. strength 0 returns the
+  image, 1 ignores it; with η=0 the result is a deterministic function of the image and the
+  noise drawn once from ``generator``.
+- :func:`inpaint`: fill the pixels where ``mask`` is 0, keep those where it is 1. After every
+  step the known pixels are replaced by the known image noised to the step's new level (the
+  CompVis scheme); the last step reaches ᾱ = 1, so they come out exactly as given.
+  ``resample`` > 0 adds RePaint-style rounds (Lugmayr et al. 2022): the step's result is noised
+  back to the current level and the step repeated, letting the generated region agree with
+  the known one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from . import noise as _noise
+from ._checks import check_float, check_int
+from .sampler import DEFAULT_STEPS, _call, _check_finite, _prepare, _progress, sample
+from .schedule import NoiseSchedule
+from .step import ddim_step
+
+
+def img2img(
+    model: Any,
+    image: torch.Tensor,
+    strength: float,
+    steps: int | None = None,
+    eta: float = 0.0,
+    *,
+    generator: _noise.Generators = None,
+    schedule: NoiseSchedule | None = None,
+    spacing: str = "leading",
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Re-generate ``image`` from noise level ``strength`` (SDEdit with DDIM).
+
+    Args:
+        model: as for :func:`ddim.sample`.
+        image: (B, C, H, W) images in the model's data range.
+        strength: in [0, 1]; the last round(strength·S) points of the S-step grid are run.
+        steps: S, the full grid's size (default 50).
+        eta, generator, schedule, spacing, **kwargs: as for :func:`ddim.sample`.
+
+    Returns:
+        Edited images of ``image``'s shape (a copy of ``image`` when strength rounds to 0).
+    """
+    image = _check_image(image, "image")
+    strength = check_float("strength", strength, low=0.0, high=1.0)
+    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
+    schedule = schedule if schedule is not None else NoiseSchedule.linear()
+    grid = schedule.timesteps(DEFAULT_STEPS if steps is None else steps, spacing)
+    n = round(strength * len(grid))
+    if n == 0:
+        return image.clone().to(torch.promote_types(image.dtype, torch.float32))
+    sub = grid[-n:]
+    gens = _noise.check_generators(generator, image.shape[0], image.device)
+    z = _noise.randn(image.shape, gens, image.device, torch.promote_types(image.dtype,
+                                                                           torch.float32))
+    a = float(schedule.alphas_cumprod[sub[0]])
+    x_t = math.sqrt(a) * image + math.sqrt(1 - a) * z
+    return sample(model, eta=eta, x_T=x_t, timesteps=sub, schedule=schedule,
+                  generator=generator, **kwargs)
+
+
+def inpaint(
+    model: Any,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    steps: int | None = None,
+    eta: float = 0.0,
+    *,
+    resample: int = 0,
+    generator: _noise.Generators = None,
+    progress: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Fill the unknown pixels of ``image`` (where ``mask`` is 0) with the model.
+
+    Args:
+        model: as for :func:`ddim.sample`.
+        image: (B, C, H, W) in the model's data range; its values where mask is 0 are ignored.
+        mask: 1 = known pixel, 0 = to generate; shape (B, C, H, W), or broadcastable to it
+            (e.g. (1, 1, H, W)); values in {0, 1}, or in [0, 1] for a soft blend.
+        steps, eta: as for :func:`ddim.sample`.
+        resample: RePaint rounds per step (0: none); each costs one more model call per step.
+        generator: noise for x_T, for the known region at every step and for η > 0.
+        progress: tqdm progress bar.
+        **kwargs: further :func:`ddim.sample` options (schedule, spacing, prediction_type,
+            class_labels, guidance_scale, ...).
+
+    Returns:
+        (B, C, H, W): equal to ``image`` wherever mask is 1 (exactly, with the default final
+        ᾱ = 1), generated elsewhere.
+    """
+    image = _check_image(image, "image")
+    mask = _check_mask(mask, image)
+    resample = check_int("resample", resample, low=0)
+    plan = _prepare(model, steps, eta, shape=tuple(image.shape), device=image.device,
+                    dtype=torch.promote_types(image.dtype, torch.float32), generator=generator,
+                    **kwargs)
+    x, known = plan.x, image.to(plan.x.dtype)
+    mask = mask.to(x.dtype)
+    gens = _noise.check_generators(generator, x.shape[0], x.device)
+    fresh = _noise.NoiseSource(x.shape, gens, x.device, x.dtype)
+    probes = x.new_empty(len(plan.grid) * (resample + 1), dtype=torch.float32)
+    for i in _progress(range(len(plan.grid)), progress, "inpainting"):
+        a_t, a_prev = plan.alpha_bar_t[i], plan.alpha_bar_prev[i]
+        for r in range(resample + 1):
+            with torch.no_grad():
+                out = _call(plan, x, i)
+                probes[i * (resample + 1) + r] = out.sum(dtype=torch.float32)
+                z = plan.noise() if plan.noisy[i] else None
+                x_prev = ddim_step(x, out, a_t, a_prev, noise=z, **plan.step_kwargs).prev_sample
+                noisy_known = known if a_prev >= 1 else (
+                    math.sqrt(a_prev) * known + math.sqrt(1 - a_prev) * fresh())
+                x_prev = mask * noisy_known + (1 - mask) * x_prev
+                if r < resample:  # RePaint: back up to level ᾱ_t and repeat the step
+                    ratio = a_t / a_prev
+                    x = math.sqrt(ratio) * x_prev + math.sqrt(1 - ratio) * fresh()
+        x = x_prev
+    _check_finite(probes, [t for t in plan.grid for _ in range(resample + 1)])
+    return x
+
+
+def _check_image(image: Any, name: str) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        raise TypeError(f"{name} must be a floating torch.Tensor, got "
+                        f"{getattr(image, 'dtype', type(image).__name__)}")
+    if image.ndim < 2 or image.numel() == 0:
+        raise ValueError(f"{name} must have shape (B, C, ...), got {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return image
+
+
+def _check_mask(mask: Any, image: torch.Tensor) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    try:
+        full = torch.broadcast_shapes(mask.shape, image.shape)
+    except RuntimeError:
+        full = None
+    if full != image.shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the image's "
+                         f"shape {tuple(image.shape)}")
+    m = mask.to(device=image.device, dtype=torch.float64)
+    if not torch.isfinite(m).all() or (m < 0).any() or (m > 1).any():
+        raise ValueError("mask values must lie in [0, 1] (1 = known pixel, 0 = generate)")
+    return m
+
