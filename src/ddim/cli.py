@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cli_generate import _add_generate_parser
 from .images import save_image_grid, save_npz, to_uint8
 from .io import atomic_write_text
 from .noise import SEED_RULE, sample_generators, sample_seed  # noqa: F401 (re-exported)
@@ -335,4 +336,5 @@ def _progress_bar(total_steps: int, num: int) -> Any:
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_sample_parser,
     _add_eval_parser,
+    _add_generate_parser,
 )
