@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cli_edit import _add_img2img_parser, _add_inpaint_parser, _add_invert_parser
 from .cli_generate import _add_generate_parser
 from .images import save_image_grid, save_npz, to_uint8
 from .io import atomic_write_text
@@ -114,6 +115,9 @@ def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
         description="Generate images with DDIM and save them as a PNG grid (.png) or as uint8 "
                     "images (N, H, W, C) with the run's arguments (.npz).")
     _add_sampling_args(p, num=64)
+    p.add_argument("--latents", type=Path, default=None,
+                   help="decode these x_T (an .npz with 'latents', as `ddim invert` writes) "
+                        "instead of drawing them; --num is then their count")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help="output file, .png (a grid) or .npz (arrays) (default: %(default)s)")
     p.add_argument("--scale", type=_positive_int, default=4,
@@ -152,21 +156,18 @@ def run_sample(args: argparse.Namespace) -> int:
     except PretrainedError as err:
         raise CliError(str(err)) from None
 
+    latents = None
+    if args.latents is not None:
+        latents = read_latents(args.latents)
+        args.num = latents.shape[0]
     try:
-        images = _sample_in_chunks(bundle, args, device, show_progress)
+        images = _sample_in_chunks(bundle, args, device, show_progress, latents)
     except ValueError as err:  # NaN/inf from the model, or an output of the wrong shape
         raise CliError(str(err), EXIT_FAILURE) from None
 
-    data_range = getattr(bundle, "data_range", (-1.0, 1.0))
-    try:
-        if out.suffix.lower() == ".png":
-            save_image_grid(images, out, scale=args.scale, data_range=data_range)
-        else:
-            save_npz(out, to_uint8(images, data_range), model=str(args.model),
-                     steps=args.steps, eta=args.eta, num=args.num, seed=args.seed,
-                     spacing=args.spacing, seed_rule=SEED_RULE, ddim_version=__version__)
-    except OSError as err:
-        raise CliError(f"cannot write {out}: {err.strerror or err}", EXIT_FAILURE) from None
+    write_images(out, images, getattr(bundle, "data_range", (-1.0, 1.0)), args.scale,
+                 model=str(args.model), steps=args.steps, eta=args.eta, num=args.num,
+                 seed=args.seed, spacing=args.spacing, seed_rule=SEED_RULE)
     print(f"wrote {args.num} images ({args.model}, {args.steps} steps, eta {args.eta:g}, "
           f"{args.spacing} spacing) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
@@ -236,17 +237,43 @@ def _import_function(spec: str) -> Callable[..., Any]:
     return fn
 
 
+def write_images(out: Path, images: torch.Tensor, data_range: Sequence[float], scale: int,
+                 **meta: Any) -> None:
+    """A PNG grid or an .npz of uint8 images (N, H, W, C) plus ``meta``, atomically."""
+    try:
+        if out.suffix.lower() == ".png":
+            save_image_grid(images, out, scale=scale, data_range=data_range)
+        else:
+            save_npz(out, to_uint8(images, data_range), ddim_version=__version__, **meta)
+    except OSError as err:
+        raise CliError(f"cannot write {out}: {err.strerror or err}", EXIT_FAILURE) from None
+
+def read_latents(path: Path) -> torch.Tensor:
+    """The float32 ``latents`` (N, C, H, W) of an .npz written by ``ddim invert``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "latents" not in data:
+                raise CliError(f"{path} has no 'latents' array (found: {sorted(data.files)})")
+            latents = torch.from_numpy(data["latents"].astype(np.float32))
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read latents from {path}: {err}") from None
+    if latents.ndim < 3 or latents.shape[0] == 0:
+        raise CliError(f"{path}: latents must have shape (N, C, ...), got {tuple(latents.shape)}")
+    return latents
+
 def _sample_in_chunks(bundle: Any, args: argparse.Namespace, device: torch.device | None,
-                      show_progress: bool) -> torch.Tensor:
+                      show_progress: bool, latents: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """All ``args.num`` samples (N, C, H, W) on the CPU, ``args.batch_size`` per model call."""
     chunks, bar = [], None
     try:
         for lo in range(0, args.num, args.batch_size):
             hi = min(lo + args.batch_size, args.num)
             try:  # sample_iter checks its arguments when called, before any model call
-                steps = sample_iter(bundle, args.steps, args.eta, batch_size=hi - lo,
-                                    spacing=args.spacing, device=device,
-                                    generator=sample_generators(args.seed, lo, hi))
+                given = {} if latents is None else {"x_T": latents[lo:hi]}
+                steps = sample_iter(bundle, args.steps, args.eta, spacing=args.spacing,
+                                    device=device, generator=sample_generators(args.seed, lo, hi),
+                                    **(given or {"batch_size": hi - lo}))
             except (TypeError, ValueError) as err:
                 raise CliError(str(err)) from None
             if show_progress and bar is None:  # created once the arguments are known good
@@ -337,4 +364,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_sample_parser,
     _add_eval_parser,
     _add_generate_parser,
+    _add_invert_parser,
+    _add_inpaint_parser,
+    _add_img2img_parser,
 )
