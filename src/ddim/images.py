@@ -62,7 +62,7 @@ def from_uint8(images: np.ndarray | torch.Tensor, data_range: Sequence[float] = 
     0 maps to lo and 255 to hi of ``data_range``.
     """
     lo, hi = _check_data_range(data_range)
-    a = torch.as_tensor(np.asarray(images))
+    a = torch.as_tensor(np.array(images, copy=True))  # read-only arrays (PIL) need a copy
     if a.dtype != torch.uint8 or a.ndim != 4:
         raise ValueError(f"images must be a uint8 array of shape (B, H, W, C), got dtype "
                          f"{a.dtype} and shape {tuple(a.shape)}")
