@@ -23,7 +23,7 @@ from . import noise as _noise
 from ._checks import check_float, check_int
 from .sampler import DEFAULT_STEPS, _call, _check_finite, _prepare, _progress, sample
 from .schedule import NoiseSchedule
-from .step import ddim_step
+from .step import apply_step
 
 
 def img2img(
@@ -116,7 +116,8 @@ def inpaint(
                 out = _call(plan, x, i)
                 probes[i * (resample + 1) + r] = out.sum(dtype=torch.float32)
                 z = plan.noise() if plan.noisy[i] else None
-                x_prev = ddim_step(x, out, a_t, a_prev, noise=z, **plan.step_kwargs).prev_sample
+                x_prev = apply_step(x, out, a_t, plan.coefficients[i], z,
+                                    **plan.step_kwargs).prev_sample
                 noisy_known = known if a_prev >= 1 else (
                     math.sqrt(a_prev) * known + math.sqrt(1 - a_prev) * fresh())
                 x_prev = mask * noisy_known + (1 - mask) * x_prev

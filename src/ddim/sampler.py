@@ -2,7 +2,7 @@
 
 All arguments are checked once, up front; the loop itself only calls the model (without
 autograd: sampling builds no graph), checks the output's shape (a Python comparison) and
-applies :func:`ddim.step.ddim_step` with per-step scalars computed once per call. It never
+applies :func:`ddim.step.apply_step` with per-step coefficients computed once per call. It never
 synchronises with the device: the sum of each model output (NaN/inf survive a sum) is written
 into a preallocated device tensor and checked once at the end.
 """
@@ -22,7 +22,7 @@ from ._checks import check_choice, check_eta, check_int
 from .guidance import conditioning
 from .models import ModelFn, as_model_fn, fit_output, model_device_dtype, model_sample_shape
 from .schedule import FINAL_ALPHAS, SPACINGS, NoiseSchedule
-from .step import PREDICTION_TYPES, ddim_step, step_coefficients
+from .step import PREDICTION_TYPES, apply_step, step_coefficients
 
 DEFAULT_STEPS = 50
 
@@ -61,6 +61,7 @@ class _Plan:
     t_grid: torch.Tensor
     alpha_bar_t: list[float]
     alpha_bar_prev: list[float]
+    coefficients: list[tuple[float, float, float]]
     noisy: list[bool]
     x: torch.Tensor
     model_dtype: torch.dtype | None
@@ -214,8 +215,8 @@ def _loop(plan: _Plan, callback: Callback | None, progress: bool) -> Iterator[Sa
             out = _call(plan, x, i)
             probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
             z = plan.noise() if plan.noisy[i] else None
-            x, pred_x0, pred_eps = ddim_step(x, out, plan.alpha_bar_t[i],
-                                             plan.alpha_bar_prev[i], noise=z, **plan.step_kwargs)
+            x, pred_x0, pred_eps = apply_step(x, out, plan.alpha_bar_t[i], plan.coefficients[i],
+                                              z, **plan.step_kwargs)
         if callback is not None:
             callback(i, plan.grid[i], x, pred_x0)
         yield SampleStep(i, plan.grid[i], x, pred_x0, pred_eps)
@@ -305,7 +306,8 @@ def _prepare(
             "sqrt(ᾱ) divides by zero at the first step; use a v_prediction or sample model, "
             "or a grid that does not include that step"
         )
-    c_noise = step_coefficients(a_t, a_prev, eta, sigma_hat=sigma_hat)[2]
+    coefficients = step_coefficients(a_t, a_prev, eta, sigma_hat=sigma_hat)
+    c_noise = coefficients[2]
 
     model_device, model_dtype = model_device_dtype(model)
     x = _initial_sample(model, x_T, shape, batch_size, device, dtype, model_device, x_name)
@@ -317,11 +319,12 @@ def _prepare(
         x = _noise.randn(x.shape, gens, x.device, x.dtype)
     noisy = (c_noise > 0).tolist()
     source = _noise.NoiseSource(x.shape, gens, x.device, x.dtype) if any(noisy) else None
-    step_kwargs = dict(eta=eta, sigma_hat=sigma_hat, prediction_type=ptype,
-                       clip_sample=clip_sample, dynamic_threshold=dynamic_threshold,
+    step_kwargs = dict(prediction_type=ptype, clip_sample=clip_sample,
+                       dynamic_threshold=dynamic_threshold,
                        dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps)
-    return _Plan(fn, grid.tolist(), grid.to(x.device), a_t.tolist(), a_prev.tolist(), noisy, x,
-                 model_dtype, step_kwargs, source)
+    per_step = list(zip(*(c.tolist() for c in coefficients), strict=True))
+    return _Plan(fn, grid.tolist(), grid.to(x.device), a_t.tolist(), a_prev.tolist(), per_step,
+                 noisy, x, model_dtype, step_kwargs, source)
 
 
 def _initial_sample(model: Any, x_T: torch.Tensor | None, shape: Sequence[int] | None,

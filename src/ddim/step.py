@@ -106,6 +106,8 @@ def predict_x0_eps(
     a = _expand(alpha_bar_t, x_t)
     sa, s1a = _sqrt(a), _sqrt(1 - a)
     if prediction_type == "epsilon":
+        if isinstance(a, float):  # two kernels: x_t - s1a·ε̂, then / sa
+            return torch.add(x_t, model_output, alpha=-s1a).div_(sa), model_output
         return (x_t - s1a * model_output) / sa, model_output
     if prediction_type == "sample":
         return model_output, (x_t - sa * model_output) / s1a
@@ -187,6 +189,39 @@ def ddim_step(
     if model_output.shape != x_t.shape:
         raise ValueError(f"model_output must have x_t's shape {tuple(x_t.shape)}, "
                          f"got {tuple(model_output.shape)}")
+    coefficients = step_coefficients(alpha_bar_t, alpha_bar_prev, eta, sigma_hat=sigma_hat)
+    if _positive(coefficients[2]):
+        if noise is None:
+            raise ValueError("noise is required when the step's noise scale σ_t > 0 "
+                             f"(eta={eta}, sigma_hat={sigma_hat})")
+        if noise.shape != x_t.shape:
+            raise ValueError(f"noise must have x_t's shape {tuple(x_t.shape)}, "
+                             f"got {tuple(noise.shape)}")
+    return apply_step(x_t, model_output, alpha_bar_t, coefficients, noise,
+                      prediction_type=prediction_type, clip_sample=clip_sample,
+                      dynamic_threshold=dynamic_threshold,
+                      dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps)
+
+
+def apply_step(
+    x_t: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_bar_t: Scalar,
+    coefficients: tuple[Scalar, Scalar, Scalar],
+    noise: torch.Tensor | None = None,
+    *,
+    prediction_type: str = "epsilon",
+    clip_sample: float | None = None,
+    dynamic_threshold: float | None = None,
+    dynamic_threshold_max: float = 1.0,
+    rederive_eps: bool = False,
+) -> StepOutput:
+    """:func:`ddim_step` with precomputed (c_x0, c_eps, c_noise) and no argument checks.
+
+    x_prev = c_x0·x̂0 + c_eps·ε̂ + c_noise·z (see :func:`step_coefficients`). The sampler loop
+    calls this with coefficients computed once per sampling call; the noise term is skipped
+    when c_noise is 0 or ``noise`` is None.
+    """
     dtype = torch.promote_types(x_t.dtype, torch.float32)
     x_t, model_output = x_t.to(dtype), model_output.to(dtype)
     pred_x0, pred_eps = predict_x0_eps(x_t, model_output, alpha_bar_t, prediction_type)
@@ -197,17 +232,16 @@ def ddim_step(
         if rederive_eps:
             a = _expand(alpha_bar_t, x_t)
             pred_eps = (x_t - _sqrt(a) * pred_x0) / _sqrt(1 - a)
-    c_x0, c_eps, c_noise = step_coefficients(alpha_bar_t, alpha_bar_prev, eta,
-                                             sigma_hat=sigma_hat)
-    prev = _expand(c_x0, x_t) * pred_x0 + _expand(c_eps, x_t) * pred_eps
-    if _positive(c_noise):
-        if noise is None:
-            raise ValueError("noise is required when the step's noise scale σ_t > 0 "
-                             f"(eta={eta}, sigma_hat={sigma_hat})")
-        if noise.shape != x_t.shape:
-            raise ValueError(f"noise must have x_t's shape {tuple(x_t.shape)}, "
-                             f"got {tuple(noise.shape)}")
-        prev = prev + _expand(c_noise, x_t) * noise.to(dtype)
+    c_x0, c_eps, c_noise = coefficients
+    if isinstance(c_x0, torch.Tensor) or isinstance(c_eps, torch.Tensor):
+        prev = _expand(c_x0, x_t) * pred_x0 + _expand(c_eps, x_t) * pred_eps
+    else:  # two kernels: c_x0·x̂0, then + c_eps·ε̂
+        prev = torch.add(pred_x0 * c_x0, pred_eps, alpha=c_eps)
+    if noise is not None and _positive(c_noise):
+        if isinstance(c_noise, torch.Tensor):
+            prev = prev + _expand(c_noise, x_t) * noise.to(dtype)
+        else:
+            prev = prev.add_(noise.to(dtype), alpha=c_noise)
     return StepOutput(prev, pred_x0, pred_eps)
 
 
