@@ -18,7 +18,10 @@ def _run(name, cwd, **env):
 
 
 @pytest.mark.parametrize("name,output", [("quickstart.py", "quickstart.png"),
-                                         ("eta_steps_grid.py", "eta_steps_grid.png")])
+                                         ("eta_steps_grid.py", "eta_steps_grid.png"),
+                                         ("inversion.py", "inversion.png"),
+                                         ("guidance.py", "guidance.png"),
+                                         ("inpainting.py", "inpainting.png")])
 def test_example_writes_its_image(tmp_path, name, output):
     done = _run(name, tmp_path)
     assert done.returncode == 0, done.stderr

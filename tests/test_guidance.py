@@ -107,3 +107,21 @@ def test_guidance_on_an_unconditional_model():
         ddim.sample(lambda x, t: x, 3, x_T=_x_T(2), guidance_scale=2.0)
     with pytest.raises(ValueError, match="not class-conditional"):
         ddim.sample(ddim.load_pretrained("digits"), 3, batch_size=2, class_labels=[1, 2])
+
+
+def test_bundled_conditional_model():
+    model = ddim.load_pretrained("digits-cond")
+    from ddim.guidance import class_info
+
+    assert class_info(model) == (10, 10)
+    labels = torch.arange(4)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]  # noqa: E731
+    plain = ddim.sample(model, 5, class_labels=labels, generator=gens(), batch_size=4)
+    w1 = ddim.sample(model, 5, class_labels=labels, guidance_scale=1.0, generator=gens(),
+                     batch_size=4)
+    assert torch.equal(plain, w1)
+    w3 = ddim.sample(model, 5, class_labels=labels, guidance_scale=3.0, generator=gens(),
+                     batch_size=4)
+    assert torch.isfinite(w3).all() and not torch.equal(w3, w1)
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 9\], got \[0, 10\]"):
+        ddim.sample(model, 3, class_labels=[0, 10], batch_size=2)

@@ -35,7 +35,7 @@ from .models import as_model_fn
 from .schedule import NoiseSchedule
 from .step import PREDICTION_TYPES
 
-BUNDLED_MODELS = ("digits",)
+BUNDLED_MODELS = ("digits", "digits-cond")
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
