@@ -151,10 +151,7 @@ def run_sample(args: argparse.Namespace) -> int:
     out = _check_output(args.out, SAMPLE_FORMATS)
     device = _check_device(args.device)
     show_progress = _want_progress(args.progress)
-    try:
-        bundle = load_pretrained(args.model, device=device)
-    except PretrainedError as err:
-        raise CliError(str(err)) from None
+    bundle = load_model(args.model, device)
 
     latents = None
     if args.latents is not None:
@@ -180,17 +177,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     if args.json is not None:
-        _check_output(args.json, (".json",))
+        _check_output(args.json, (".json",), flag="--json")
     extractor = _import_function(args.features) if args.features else None
     reference = from_uint8(_read_npz_images(args.reference)) if args.reference else None
     if args.images is not None:
         images, source = from_uint8(_read_npz_images(args.images)), str(args.images)
     else:
         device = _check_device(args.device)
-        try:
-            bundle = load_pretrained(args.model, device=device)
-        except PretrainedError as err:
-            raise CliError(str(err)) from None
+        bundle = load_model(args.model, device)
         try:
             images = _sample_in_chunks(bundle, args, device, _want_progress(args.progress))
         except ValueError as err:
@@ -308,18 +302,26 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 _positive_int, _seed = _int_at_least(1), _int_at_least(0)
 
 
-def _check_output(path: Path, suffixes: Sequence[str]) -> Path:
+def _check_output(path: Path, suffixes: Sequence[str], flag: str = "--out") -> Path:
     """Refuse an output path that cannot be written, before any compute is spent."""
     if path.suffix.lower() not in suffixes:
-        raise CliError(f"--out must end in {' or '.join(suffixes)}, got '{path}'")
+        raise CliError(f"{flag} must end in {' or '.join(suffixes)}, got '{path}'")
     folder = path.parent
     if not folder.is_dir():
-        raise CliError(f"--out: folder '{folder}' does not exist")
+        raise CliError(f"{flag}: folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CliError(f"--out: folder '{folder}' is not writable")
+        raise CliError(f"{flag}: folder '{folder}' is not writable")
     if path.is_dir():
-        raise CliError(f"--out: '{path}' is a directory")
+        raise CliError(f"{flag}: '{path}' is a directory")
     return path
+
+
+def load_model(name: str, device: torch.device | None) -> Any:
+    """``load_pretrained`` with its errors as one-line CLI errors."""
+    try:
+        return load_pretrained(name, device=device)
+    except PretrainedError as err:
+        raise CliError(str(err)) from None
 
 
 def _check_device(name: str | None) -> torch.device | None:

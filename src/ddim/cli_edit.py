@@ -28,7 +28,7 @@ from .images import from_uint8
 from .inversion import METHODS, invert
 from .io import atomic_write
 from .noise import sample_generators
-from .pretrained import BUNDLED_MODELS, PretrainedError, load_pretrained
+from .pretrained import BUNDLED_MODELS
 from .sampler import DEFAULT_STEPS
 from .schedule import SPACINGS
 
@@ -148,14 +148,11 @@ def run_img2img(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- helpers
 def _load(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
-    from .cli import CliError, _check_device
+    from .cli import CliError, _check_device, load_model
 
     device = _check_device(args.device)
     uint8 = read_images(args.images)
-    try:
-        bundle = load_pretrained(args.model, device=device)
-    except PretrainedError as err:
-        raise CliError(str(err)) from None
+    bundle = load_model(args.model, device)
     images = from_uint8(uint8, _range(bundle)).to(device or "cpu")
     want = tuple(bundle.sample_shape)
     if tuple(images.shape[1:]) != want:

@@ -17,13 +17,12 @@ imports from there inside functions, because ``cli`` imports this module to regi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from . import distributed
 from .generate import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, check_world_size, generate, pack
-from .pretrained import BUNDLED_MODELS, PretrainedError, load_pretrained
+from .pretrained import BUNDLED_MODELS
 from .sampler import DEFAULT_STEPS
 from .schedule import SPACINGS
 
@@ -79,7 +78,15 @@ def _add_generate_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """``ddim generate``: cheap checks, then join the process group, load, generate, pack."""
-    from .cli import EXIT_FAILURE, EXIT_USAGE, CliError, _check_device, _want_progress
+    from .cli import (
+        EXIT_FAILURE,
+        EXIT_USAGE,
+        CliError,
+        _check_device,
+        _check_output,
+        _want_progress,
+        load_model,
+    )
 
     try:
         rank, world_size, _ = distributed.from_env()
@@ -92,17 +99,14 @@ def run_generate(args: argparse.Namespace) -> int:
             return EXIT_USAGE  # rank 0 says it
         raise CliError(f"{err} (processes: torchrun's --nproc_per_node × --nnodes)") from None
     if args.pack is not None:
-        _check_pack_path(args.pack, CliError)
+        _check_output(args.pack, (".npz",), flag="--pack")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out: '{args.out}' exists and is not a folder")
     show_progress = _want_progress(args.progress) and rank == 0
     _check_device(args.device)
     try:
         with distributed.launch(args.device) as proc:
-            try:
-                bundle = load_pretrained(args.model, device=proc.device)
-            except PretrainedError as err:
-                raise CliError(str(err)) from None
+            bundle = load_model(args.model, proc.device)
             result = generate(
                 bundle, args.out, args.num, steps=args.steps, eta=args.eta, seed=args.seed,
                 spacing=args.spacing, shard_size=args.shard_size, batch_size=args.batch_size,
@@ -134,18 +138,6 @@ def run_generate(args: argparse.Namespace) -> int:
         if args.pack is not None:
             print(f"packed into {args.pack}")
     return 0
-
-
-def _check_pack_path(path: Path, error: type[Exception]) -> None:
-    if path.suffix.lower() != ".npz":
-        raise error(f"--pack must end in .npz, got '{path}'")
-    folder = path.parent
-    if not folder.is_dir():
-        raise error(f"--pack: folder '{folder}' does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise error(f"--pack: folder '{folder}' is not writable")
-    if path.is_dir():
-        raise error(f"--pack: '{path}' is a directory")
 
 
 def _where(rank: int, world_size: int) -> str:
