@@ -219,8 +219,8 @@ def apply_step(
     """:func:`ddim_step` with precomputed (c_x0, c_eps, c_noise) and no argument checks.
 
     x_prev = c_x0·x̂0 + c_eps·ε̂ + c_noise·z (see :func:`step_coefficients`). The sampler loop
-    calls this with coefficients computed once per sampling call; the noise term is skipped
-    when c_noise is 0 or ``noise`` is None.
+    calls this with coefficients computed once per sampling call; ``noise`` is read only when
+    c_noise > 0 (and must then be given).
     """
     dtype = torch.promote_types(x_t.dtype, torch.float32)
     x_t, model_output = x_t.to(dtype), model_output.to(dtype)
@@ -237,7 +237,9 @@ def apply_step(
         prev = _expand(c_x0, x_t) * pred_x0 + _expand(c_eps, x_t) * pred_eps
     else:  # two kernels: c_x0·x̂0, then + c_eps·ε̂
         prev = torch.add(pred_x0 * c_x0, pred_eps, alpha=c_eps)
-    if noise is not None and _positive(c_noise):
+    if _positive(c_noise):
+        if noise is None:
+            raise ValueError("noise is required when the step's noise scale c_noise > 0")
         if isinstance(c_noise, torch.Tensor):
             prev = prev + _expand(c_noise, x_t) * noise.to(dtype)
         else:
