@@ -121,6 +121,24 @@ class Lab:
         return x0
 
 
+def measure_speed(lab: Lab, threads: int, n: int = 100, rounds: int = 3) -> dict:
+    """images/s of DDIM at each S (η=0) and DDPM (S=1000, η=1), batch n, interleaved rounds:
+    the FD cells' wall times come from runs hours apart on a shared machine, these do not."""
+    times: dict[int, list[float]] = {s: [] for s in STEPS}
+    for _ in range(rounds):
+        for s in STEPS:
+            start = time.perf_counter()
+            lab.generate(n, s, "0" if s < 1000 else "1", 0, False)
+            times[s].append(time.perf_counter() - start)
+    out = {}
+    for s, ts in times.items():
+        med = sorted(ts)[len(ts) // 2]
+        cell = dict(kind="speed", steps=s, n=n)
+        out[key(cell)] = dict(cell, seconds=med, images_per_second=n / med, rounds=rounds,
+                              threads=threads)
+    return out
+
+
 def load_cells(out: Path) -> dict:
     path = out / "paper_cells.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -136,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop starting new cells after this long (resume later)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument("--speed", action="store_true",
+                   help="only (re)measure speed: images/s of each S side by side, interleaved")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     done = load_cells(args.out)
-    if not args.report:
+    if args.speed:
+        done.update(measure_speed(Lab(args.batch_size, args.out), args.threads))
+        atomic_write_text(args.out / "paper_cells.json", json.dumps(done, indent=1) + "\n")
+    elif not args.report:
         lab, start = Lab(args.batch_size, args.out), time.perf_counter()
         for cell in plan(args.n):
             k = key(cell)
@@ -189,18 +212,21 @@ def render(done: dict, n: int) -> str:
               "|---" * (len(STEPS) + 1) + "|"]
     for eta, vals in PAPER_CIFAR10.items():
         lines.append(f"| {eta_label[eta]} | " + " | ".join(map(str, vals)) + " |")
-    ddpm = _fd(done, 1000, "1", 0, n)
-    lines += ["", "Speed and quality (seed 0; the same batch size for every row; DDPM = η = 1 "
-              "with S = 1000):", "", "| sampler | images/s | time per image (ms) | FD | "
-              "speed-up vs DDPM |", "|---|---|---|---|---|"]
+    speed = {s: done.get(key(dict(kind="speed", steps=s, n=100))) for s in STEPS}
+    lines += ["", "Speed and quality: images/s measured side by side (`--speed`: 100 images per "
+              "batch, median of 3 interleaved rounds); FD from the seed-0 cells above; DDPM = "
+              "η = 1 with S = 1000:", "", "| sampler | images/s | time per image (ms) | FD | "
+              "time vs DDPM |", "|---|---|---|---|---|"]
     for s in STEPS:
-        c = _fd(done, s, "0" if s < 1000 else "1", 0, n)
-        if c is None:
+        c, v = _fd(done, s, "0" if s < 1000 else "1", 0, n), speed[s]
+        if v is None:
             continue
         name = f"DDIM S = {s}, η = 0" if s < 1000 else "DDPM, 1000 steps"
-        speed = f"{ddpm['seconds'] / c['seconds']:.1f}×" if ddpm else "…"
-        lines.append(f"| {name} | {c['images_per_second']:.1f} | "
-                     f"{1000 * c['seconds'] / n:.2f} | {c['fd']:.2f} | {speed} |")
+        rel = f"1/{speed[1000]['seconds'] / v['seconds']:.1f}" if speed[1000] else "…"
+        lines.append(f"| {name} | {v['images_per_second']:.1f} | "
+                     f"{1000 * v['seconds'] / v['n']:.2f} | {c['fd']:.2f} | {rel} |" if c else
+                     f"| {name} | {v['images_per_second']:.1f} | "
+                     f"{1000 * v['seconds'] / v['n']:.2f} | … | {rel} |")
     lines += ["", "Reconstruction of the 300 held-out digits (encode with S steps, decode with "
               "the same S, η = 0; per-dimension MSE, data in [-1, 1]):", "",
               "| S | MSE | paper (CIFAR10) |", "|---|---|---|"]
