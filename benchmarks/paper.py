@@ -2,6 +2,9 @@
 
     python benchmarks/paper.py                 # run (or resume) every cell, then report
     python benchmarks/paper.py --report        # only rebuild the tables and plot
+    python benchmarks/paper.py --speed         # only re-measure images/s, side by side
+    python benchmarks/paper.py --shard 0/2 &   # two processes share the remaining cells
+    python benchmarks/paper.py --shard 1/2
 
 Cells (each saved to benchmarks/results/paper_cells.json as soon as it finishes, so an
 interrupted run resumes where it stopped and loses no finished cell):
@@ -15,7 +18,12 @@ interrupted run resumes where it stopped and loses no finished cell):
                per-dimension MSE for S in {10, 20, 50, 100, 200}.
 - consistency: for fixed x_T, per-dimension MSE between the S-step and the 1000-step η=0
                samples, S in {10, 20, 50, 100} (the paper's figure 3 claim).
-Speed (images/s) comes from the fd cells' wall time, measured with the same batch size.
+- speed:       images/s of DDIM (η=0) at each S and of DDPM-1000, measured by --speed in
+               interleaved rounds within one process (the fd cells' wall times are kept too,
+               but they come from runs hours apart on a shared machine).
+
+Several processes may run at once (--shard I/N): each takes every N-th remaining cell and
+merges its result into paper_cells.json under a file lock, so none overwrites another's.
 
 Outputs: benchmarks/results/paper.md (tables) and paper.png (FD against S, a line per η).
 """
@@ -23,6 +31,8 @@ Outputs: benchmarks/results/paper.md (tables) and paper.png (FD against S, a lin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import sys
 import time
@@ -144,6 +154,35 @@ def load_cells(out: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@contextlib.contextmanager
+def _locked(out: Path):
+    with open(out / ".paper_cells.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def save_cells(out: Path, new: dict) -> dict:
+    """Merge `new` into paper_cells.json (atomically, under a lock); return the merged dict."""
+    with _locked(out):
+        done = load_cells(out)
+        done.update(new)
+        atomic_write_text(out / "paper_cells.json", json.dumps(done, indent=1) + "\n")
+    return done
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like I/N, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Reproduce the DDIM paper on the digits model")
     p.add_argument("--n", type=int, default=1000, help="samples per FD cell")
@@ -156,25 +195,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     p.add_argument("--speed", action="store_true",
                    help="only (re)measure speed: images/s of each S side by side, interleaved")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="run only every N-th remaining cell, starting at the I-th (default 0/1)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     done = load_cells(args.out)
     if args.speed:
-        done.update(measure_speed(Lab(args.batch_size, args.out), args.threads))
-        atomic_write_text(args.out / "paper_cells.json", json.dumps(done, indent=1) + "\n")
+        done = save_cells(args.out, measure_speed(Lab(args.batch_size, args.out), args.threads))
     elif not args.report:
         lab, start = Lab(args.batch_size, args.out), time.perf_counter()
-        for cell in plan(args.n):
+        index, count = args.shard
+        todo = [cell for cell in plan(args.n) if key(cell) not in done][index::count]
+        for cell in todo:
             k = key(cell)
-            if k in done:
-                continue
             if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
                 print("time limit reached; rerun to resume", file=sys.stderr)
                 break
             result = lab.run(cell, args.progress)
-            done[k] = dict(cell, **result, threads=args.threads, batch_size=args.batch_size)
-            atomic_write_text(args.out / "paper_cells.json", json.dumps(done, indent=1) + "\n")
+            done = save_cells(args.out, {k: dict(cell, **result, threads=args.threads,
+                                                 batch_size=args.batch_size)})
             print(f"{k}: {result}", file=sys.stderr, flush=True)
     report = render(done, args.n)
     atomic_write_text(args.out / "paper.md", report)
