@@ -227,6 +227,16 @@ def _fd(done: dict, steps: int, eta: str, seed: int, n: int) -> dict | None:
     return done.get(key(dict(kind="fd", steps=steps, eta=eta, seed=seed, n=n)))
 
 
+def _fd_seeds(done: dict, steps: int, eta: str, n: int) -> list[float]:
+    """The FDs of the finished seeds (0, 1, 2) of one (S, η) cell."""
+    return [c["fd"] for seed in (0, 1, 2) if (c := _fd(done, steps, eta, seed, n))]
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    t = torch.tensor(vals, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(vals) > 1 else 0.0)
+
+
 def render(done: dict, n: int) -> str:
     """Markdown tables from the finished cells (missing cells shown as '…')."""
     eta_label = {"0": "η = 0", "0.2": "η = 0.2", "0.5": "η = 0.5", "1": "η = 1", "hat": "σ̂"}
@@ -238,14 +248,14 @@ def render(done: dict, n: int) -> str:
     for eta in ETAS:
         row = []
         for s in STEPS:
-            vals = [c["fd"] for seed in (0, 1, 2) if (c := _fd(done, s, eta, seed, n))]
+            vals = _fd_seeds(done, s, eta, n)
             if not vals:
                 row.append("…")
             elif len(vals) == 1:
                 row.append(f"{vals[0]:.2f}")
             else:
-                t = torch.tensor(vals)
-                row.append(f"{t.mean():.2f} ± {t.std():.2f} ({len(vals)} seeds)")
+                mean, std = _mean_std(vals)
+                row.append(f"{mean:.2f} ± {std:.2f} ({len(vals)} seeds)")
         lines.append(f"| {eta_label[eta]} | " + " | ".join(row) + " |")
     lines += ["", "The paper's CIFAR10 FID for comparison (its Table 1):", "",
               "| | " + " | ".join(f"S = {s}" for s in STEPS) + " |",
@@ -254,19 +264,19 @@ def render(done: dict, n: int) -> str:
         lines.append(f"| {eta_label[eta]} | " + " | ".join(map(str, vals)) + " |")
     speed = {s: done.get(key(dict(kind="speed", steps=s, n=100))) for s in STEPS}
     lines += ["", "Speed and quality: images/s measured side by side (`--speed`: 100 images per "
-              "batch, median of 3 interleaved rounds); FD from the seed-0 cells above; DDPM = "
+              "batch, median of 3 interleaved rounds); FD as in the table above (the mean over the "
+              "seeds run); DDPM = "
               "η = 1 with S = 1000:", "", "| sampler | images/s | time per image (ms) | FD | "
               "time vs DDPM |", "|---|---|---|---|---|"]
     for s in STEPS:
-        c, v = _fd(done, s, "0" if s < 1000 else "1", 0, n), speed[s]
+        vals, v = _fd_seeds(done, s, "0" if s < 1000 else "1", n), speed[s]
         if v is None:
             continue
         name = f"DDIM S = {s}, η = 0" if s < 1000 else "DDPM, 1000 steps"
         rel = f"1/{speed[1000]['seconds'] / v['seconds']:.1f}" if speed[1000] else "…"
+        fd = f"{_mean_std(vals)[0]:.2f}" if vals else "…"
         lines.append(f"| {name} | {v['images_per_second']:.1f} | "
-                     f"{1000 * v['seconds'] / v['n']:.2f} | {c['fd']:.2f} | {rel} |" if c else
-                     f"| {name} | {v['images_per_second']:.1f} | "
-                     f"{1000 * v['seconds'] / v['n']:.2f} | … | {rel} |")
+                     f"{1000 * v['seconds'] / v['n']:.2f} | {fd} | {rel} |")
     lines += ["", "Reconstruction of the 300 held-out digits (encode with S steps, decode with "
               "the same S, η = 0; per-dimension MSE, data in [-1, 1]):", "",
               "| S | MSE | paper (CIFAR10) |", "|---|---|---|"]
@@ -284,7 +294,8 @@ def render(done: dict, n: int) -> str:
 
 
 def plot(done: dict, n: int, out: Path) -> None:
-    """FD against S on log axes, one line per η (only finished cells)."""
+    """FD against S on log axes, one line per η (only finished cells): the mean over the
+    seeds run, with ± one standard deviation as error bars where there are several."""
     try:
         import matplotlib
 
@@ -295,9 +306,11 @@ def plot(done: dict, n: int, out: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for eta in ETAS:
-        pts = [(s, c["fd"]) for s in STEPS if (c := _fd(done, s, eta, 0, n))]
+        pts = [(s, *_mean_std(v)) for s in STEPS if (v := _fd_seeds(done, s, eta, n))]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label="σ̂" if eta == "hat" else f"η={eta}")
+            xs, ys, errs = zip(*pts, strict=True)
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3,
+                        label="σ̂" if eta == "hat" else f"η={eta}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sampling steps S")
