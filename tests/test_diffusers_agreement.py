@@ -90,4 +90,5 @@ def test_prev_timestep_comes_from_the_grid_where_diffusers_formula_is_wrong():
     for i, t in enumerate(grid.tolist()):
         a_prev = float(a[grid[i + 1]]) if i + 1 < len(grid) else 1.0
         x = ddim.ddim_step(x, model(x, torch.full((2,), t)), float(a[t]), a_prev).prev_sample
-    torch.testing.assert_close(ours, x, rtol=0, atol=1e-13)
+    # float64 rounding only: the sampler applies the step in its fused form (x̂0 substituted)
+    torch.testing.assert_close(ours, x, rtol=1e-12, atol=1e-12)

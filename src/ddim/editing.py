@@ -22,7 +22,7 @@ import torch
 from . import noise as _noise
 from ._checks import check_float, check_int
 from .sampler import DEFAULT_STEPS, _call, _check_finite, _prepare, _progress, sample
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, default_schedule
 from .step import apply_step
 
 
@@ -53,7 +53,7 @@ def img2img(
     image = _check_image(image, "image")
     strength = check_float("strength", strength, low=0.0, high=1.0)
     schedule = schedule if schedule is not None else getattr(model, "schedule", None)
-    schedule = schedule if schedule is not None else NoiseSchedule.linear()
+    schedule = schedule if schedule is not None else default_schedule()
     grid = schedule.timesteps(DEFAULT_STEPS if steps is None else steps, spacing)
     n = round(strength * len(grid))
     if n == 0:

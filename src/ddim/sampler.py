@@ -2,9 +2,13 @@
 
 All arguments are checked once, up front; the loop itself only calls the model (without
 autograd: sampling builds no graph), checks the output's shape (a Python comparison) and
-applies :func:`ddim.step.apply_step` with per-step coefficients computed once per call. It never
-synchronises with the device: the sum of each model output (NaN/inf survive a sum) is written
-into a preallocated device tensor and checked once at the end.
+applies the DDIM step with per-step coefficients computed once per call, in float64. Without
+x̂0 processing the step is applied in its fused form x_prev = a_x·x_t + a_out·out + c_noise·z
+(:func:`ddim.step.fused_coefficients`: x̂0 and ε̂ substituted; two kernels, three with noise);
+x̂0 and ε̂ themselves are only computed when someone looks at them (:func:`sample_iter`, a
+callback). The last step onto ᾱ=1 returns x̂0 itself, and x̂0 processing goes through
+:func:`ddim.step.apply_step`. It never synchronises with the device: the sum of each model
+output (NaN/inf survive a sum) goes into a preallocated device tensor, checked once at the end.
 """
 
 from __future__ import annotations
@@ -21,8 +25,15 @@ from . import noise as _noise
 from ._checks import check_choice, check_eta, check_int
 from .guidance import conditioning
 from .models import ModelFn, as_model_fn, fit_output, model_device_dtype, model_sample_shape
-from .schedule import FINAL_ALPHAS, SPACINGS, NoiseSchedule
-from .step import PREDICTION_TYPES, apply_step, step_coefficients
+from .schedule import FINAL_ALPHAS, SPACINGS, NoiseSchedule, default_schedule
+from .step import (
+    PREDICTION_TYPES,
+    StepOutput,
+    apply_step,
+    fused_coefficients,
+    predict_x0_eps,
+    step_coefficients,
+)
 
 DEFAULT_STEPS = 50
 
@@ -62,6 +73,7 @@ class _Plan:
     alpha_bar_t: list[float]
     alpha_bar_prev: list[float]
     coefficients: list[tuple[float, float, float]]
+    fused: list[tuple[float, float] | None]  # (a_x, a_out); None: go through apply_step
     noisy: list[bool]
     x: torch.Tensor
     model_dtype: torch.dtype | None
@@ -113,10 +125,8 @@ def sample_iter(
         class_labels=class_labels, guidance_scale=guidance_scale, model_kwargs=model_kwargs,
         uncond_kwargs=uncond_kwargs, device=device, dtype=dtype,
     )
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable as callback(i, t, x, pred_x0), "
-                        f"got {type(callback).__name__}")
-    return _loop(plan, callback, progress)
+    _check_callback(callback)
+    return _loop(plan, callback, progress, details=True)
 
 
 def sample(model: Any, steps: int | None = None, eta: float = 0.0, *,
@@ -175,7 +185,7 @@ def sample(model: Any, steps: int | None = None, eta: float = 0.0, *,
         model returns NaN or inf.
     """
     if max_batch_size is None:
-        return _drain(sample_iter(model, steps, eta, **kwargs))
+        return _sample(model, steps, eta, **kwargs)
     k = check_int("max_batch_size", max_batch_size, low=1)
     setup = {n: v for n, v in kwargs.items() if n not in ("callback", "progress")}
     x_T = _prepare(model, steps, eta, **setup).x  # validates everything, draws x_T once
@@ -188,9 +198,16 @@ def sample(model: Any, steps: int | None = None, eta: float = 0.0, *,
         part = slice(lo, lo + k)
         g = gens if gens is None or isinstance(gens, torch.Generator) else gens[part]
         cond = {n: _rows(kwargs[n], part) for n in per_sample if kwargs.get(n) is not None}
-        chunks.append(_drain(sample_iter(model, steps, eta, x_T=x_T[part], generator=g,
-                                         **cond, **rest)))
+        chunks.append(_sample(model, steps, eta, x_T=x_T[part], generator=g, **cond, **rest))
     return torch.cat(chunks)
+
+
+def _sample(model: Any, steps: int | None, eta: float, *, callback: Callback | None = None,
+            progress: bool = False, **kwargs: Any) -> torch.Tensor:
+    """:func:`sample_iter` drained, without computing x̂0 and ε̂ unless a callback needs them."""
+    _check_callback(callback)
+    plan = _prepare(model, steps, eta, **kwargs)
+    return _drain(_loop(plan, callback, progress, details=callback is not None))
 
 
 def _rows(value: Any, part: slice) -> Any:
@@ -207,20 +224,48 @@ def _drain(steps: Iterator[SampleStep]) -> torch.Tensor:
     return x
 
 
-def _loop(plan: _Plan, callback: Callback | None, progress: bool) -> Iterator[SampleStep]:
+def _check_callback(callback: Any) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(i, t, x, pred_x0), "
+                        f"got {type(callback).__name__}")
+
+
+def _loop(plan: _Plan, callback: Callback | None, progress: bool,
+          details: bool) -> Iterator[SampleStep]:
+    """The steps; ``details=False`` leaves pred_x0/pred_eps None where the fused step skips
+    them (the samples are the same either way)."""
     x = plan.x
     probes = x.new_empty(len(plan.grid), dtype=torch.float32)
     for i in _progress(range(len(plan.grid)), progress, "sampling"):
-        with torch.no_grad():  # per step: grad mode must not leak to the caller across yield
-            out = _call(plan, x, i)
-            probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
-            z = plan.noise() if plan.noisy[i] else None
-            x, pred_x0, pred_eps = apply_step(x, out, plan.alpha_bar_t[i], plan.coefficients[i],
-                                              z, **plan.step_kwargs)
+        if torch.is_grad_enabled():  # per step: grad mode must not leak across yield
+            with torch.no_grad():
+                x, pred_x0, pred_eps = _step(plan, x, i, probes, details)
+        else:
+            x, pred_x0, pred_eps = _step(plan, x, i, probes, details)
         if callback is not None:
             callback(i, plan.grid[i], x, pred_x0)
         yield SampleStep(i, plan.grid[i], x, pred_x0, pred_eps)
     _check_finite(probes, plan.grid)
+
+
+def _step(plan: _Plan, x: torch.Tensor, i: int, probes: torch.Tensor,
+          details: bool) -> StepOutput:
+    out = _call(plan, x, i)
+    probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
+    z = plan.noise() if plan.noisy[i] else None
+    fused = plan.fused[i]
+    if fused is None:
+        return apply_step(x, out, plan.alpha_bar_t[i], plan.coefficients[i], z,
+                          **plan.step_kwargs)
+    out = out if out.dtype == x.dtype else out.to(x.dtype)
+    prev = x.mul(fused[0]).add_(out, alpha=fused[1])
+    if z is not None:
+        prev.add_(z if z.dtype == x.dtype else z.to(x.dtype), alpha=plan.coefficients[i][2])
+    if not details:
+        return StepOutput(prev, None, None)
+    pred_x0, pred_eps = predict_x0_eps(x, out, plan.alpha_bar_t[i],
+                                       plan.step_kwargs["prediction_type"])
+    return StepOutput(prev, pred_x0, pred_eps)
 
 
 def _call(plan: _Plan, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -277,7 +322,7 @@ def _prepare(
     fn = as_model_fn(model)
     eta = check_eta(eta)
     schedule = schedule if schedule is not None else getattr(model, "schedule", None)
-    schedule = schedule if schedule is not None else NoiseSchedule.linear()
+    schedule = schedule if schedule is not None else default_schedule()
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a ddim.NoiseSchedule, got {type(schedule).__name__}")
     ptype = prediction_type if prediction_type is not None else (
@@ -323,8 +368,15 @@ def _prepare(
                        dynamic_threshold=dynamic_threshold,
                        dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps)
     per_step = list(zip(*(c.tolist() for c in coefficients), strict=True))
+    if clip_sample is None and dynamic_threshold is None:
+        a_x, a_out = fused_coefficients(a_t, coefficients, ptype)
+        returns_x0 = ((a_prev == 1) & (coefficients[2] == 0)).tolist()  # x_prev = x̂0 exactly
+        fused = [None if last else pair for pair, last in
+                 zip(zip(a_x.tolist(), a_out.tolist(), strict=True), returns_x0, strict=True)]
+    else:
+        fused = [None] * len(grid)
     return _Plan(fn, grid.tolist(), grid.to(x.device), a_t.tolist(), a_prev.tolist(), per_step,
-                 noisy, x, model_dtype, step_kwargs, source)
+                 fused, noisy, x, model_dtype, step_kwargs, source)
 
 
 def _initial_sample(model: Any, x_T: torch.Tensor | None, shape: Sequence[int] | None,

@@ -16,6 +16,7 @@ caller can change the schedule another caller sees.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -332,6 +333,14 @@ class NoiseSchedule:
         if not t_prev < t:
             raise ValueError(f"t_prev must be smaller than t, got t={t}, t_prev={t_prev}")
         return float(ddim_sigma(a[0], a[1], check_eta(eta)))
+
+
+@functools.cache
+def default_schedule() -> NoiseSchedule:
+    """The schedule used when none is given: :meth:`NoiseSchedule.linear` (T=1000, β 1e-4 ..
+    0.02, the ``google/ddpm-*`` checkpoints'). Built once; schedules are immutable, so it is
+    shared."""
+    return NoiseSchedule.linear()
 
 
 def _float64(values: Any, name: str) -> torch.Tensor:

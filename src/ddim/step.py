@@ -116,6 +116,41 @@ def predict_x0_eps(
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def output_coefficients(
+    alpha_bar_t: Scalar, prediction_type: str = "epsilon",
+) -> tuple[Scalar, Scalar, Scalar, Scalar]:
+    """(p, q, r, s) with x̂0 = p·x_t + q·out and ε̂ = r·x_t + s·out (see :func:`predict_x0_eps`).
+
+    Every prediction type is linear in (x_t, out). ``alpha_bar_t`` is a float or a float64
+    tensor (one value per step, say); the four results have its type and shape.
+    """
+    sa, s1a = _sqrt(alpha_bar_t), _sqrt(1 - alpha_bar_t)
+    if prediction_type == "epsilon":
+        return 1 / sa, -s1a / sa, 0 * sa, 1 + 0 * sa
+    if prediction_type == "sample":
+        return 0 * sa, 1 + 0 * sa, 1 / s1a, -sa / s1a
+    if prediction_type == "v_prediction":
+        return sa, -s1a, s1a, sa
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def fused_coefficients(
+    alpha_bar_t: Scalar, coefficients: tuple[Scalar, Scalar, Scalar],
+    prediction_type: str = "epsilon",
+) -> tuple[Scalar, Scalar]:
+    """(a_x, a_out) with c_x0·x̂0 + c_eps·ε̂ = a_x·x_t + a_out·out, for unprocessed x̂0.
+
+    Substituting x̂0 and ε̂ (:func:`output_coefficients`) into the step of
+    :func:`step_coefficients` makes the noise-free part of x_prev one linear combination of
+    x_t and the model output: for ε-prediction a_x = sqrt(ᾱ_prev/ᾱ_t) and a_out = c_eps -
+    sqrt(ᾱ_prev·(1-ᾱ_t)/ᾱ_t), the Euler step of the probability-flow ODE when η=0. The
+    sampler applies it in two kernels; computed once per call in float64.
+    """
+    p, q, r, s = output_coefficients(alpha_bar_t, prediction_type)
+    c_x0, c_eps, _ = coefficients
+    return c_x0 * p + c_eps * r, c_x0 * q + c_eps * s
+
+
 def process_x0(
     pred_x0: torch.Tensor, *, clip_sample: float | None = None,
     dynamic_threshold: float | None = None, dynamic_threshold_max: float = 1.0,
