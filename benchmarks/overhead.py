@@ -24,6 +24,9 @@ What each method includes (S=50 model calls in every one):
 
 - ``bare``: S calls ``unet(x, t, return_dict=False)`` on one fixed x, t an int64 (B,) tensor
   of the leading grid; nothing else (no noise, no update, no result handling).
+- ``floor``: bare calls on an evolving x plus what no DDIM loop can skip: the two update kernels
+  (x·a + out·b) and a per-step NaN probe (out.sum() into a preallocated tensor). On a CPU the
+  distance from bare to floor is the cost of three small eager ops run right after a UNet call.
 - ``ddim.sample η=0`` / ``η=1``: ``ddim.sample(unet, S, eta, batch_size=B, generator=g)``:
   argument checks, grid and coefficients, drawing x_T, per step the model call through the
   adapter, the output shape check, the NaN probe, the DDIM update and (η=1) the noise draw,
@@ -133,6 +136,16 @@ def make_methods(unet, batch: int, steps: int) -> dict[str, Callable[[], object]
             out = unet(x_fixed, t, return_dict=False)[0]
         return out
 
+    def floor():
+        # the least any DDIM loop does: bare calls on the evolving x, plus the two update
+        # kernels and a per-step NaN probe (fixed coefficients, no grid logic, no noise)
+        x, probes = x_fixed.clone(), torch.empty(steps)
+        for i, t in enumerate(t_rows):
+            out = unet(x, t, return_dict=False)[0]
+            probes[i] = out.sum()
+            x = x.mul(0.999).add_(out, alpha=-0.001)
+        return x
+
     def ours(eta: float, **kw):
         return lambda: ddim.sample(unet, steps, eta, batch_size=batch,
                                    generator=torch.Generator().manual_seed(0), **kw)
@@ -162,6 +175,7 @@ def make_methods(unet, batch: int, steps: int) -> dict[str, Callable[[], object]
 
     return {
         "bare UNet calls": bare,
+        "floor: bare + update + NaN probe": floor,
         "ddim.sample η=0": ours(0.0),
         "ddim.sample η=1": ours(1.0),
         "ddim.sample η=0 + progress + callback": ours_progress,
