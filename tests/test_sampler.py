@@ -282,3 +282,37 @@ def test_looking_at_the_steps_does_not_change_the_samples(ptype, options):
     assert all(s.pred_x0 is not None and s.pred_eps is not None for s in steps)
     with torch.enable_grad():
         assert torch.equal(plain, ddim.sample(model, 12, **run()))
+
+
+def test_setup_is_memoised_but_never_shared_mutably():
+    # the per-step numbers of a (schedule, S, spacing, η, ...) setup are computed once; the
+    # schedule hashes by value, so an equal schedule built anew hits the same entry
+    from ddim.sampler import _grid_levels
+
+    x_T = torch.randn(2, 1, 4, 4)
+
+    def vandal(x, t):  # a model that scribbles on its timestep tensor (B=1: writable)
+        out = 0.1 * x + 1e-4 * t.to(x.dtype).reshape(-1, 1, 1, 1)
+        t.fill_(7)
+        return out
+
+    first = ddim.sample(Recorder(), 13, 0.3, x_T=x_T, generator=torch.Generator().manual_seed(0),
+                        schedule=NoiseSchedule.linear(), spacing="trailing")
+    hits = _grid_levels.cache_info().hits
+    ddim.sample(vandal, 13, 0.3, x_T=x_T[:1], generator=torch.Generator().manual_seed(0),
+                schedule=NoiseSchedule.linear(), spacing="trailing")
+    rec = Recorder()
+    again = ddim.sample(rec, 13, 0.3, x_T=x_T, generator=torch.Generator().manual_seed(0),
+                        schedule=NoiseSchedule.from_betas(NoiseSchedule.linear().betas),
+                        spacing="trailing")
+    assert _grid_levels.cache_info().hits >= hits + 2
+    assert torch.equal(first, again)
+    assert [c[0][0].item() for c in rec.calls] == NoiseSchedule.linear().timesteps(
+        13, "trailing").tolist()
+    levels = _grid_levels(NoiseSchedule.linear(), 13, "trailing", 0, "one", 0.3, False,
+                          "epsilon", True)
+    assert all(isinstance(v, tuple) for v in (levels.grid, levels.coefficients, levels.fused))
+    # other settings are other entries
+    other = ddim.sample(Recorder(), 13, 0.0, x_T=x_T, schedule=NoiseSchedule.linear(),
+                        spacing="trailing")
+    assert not torch.equal(first, other)

@@ -44,7 +44,7 @@ class NoiseSchedule:
     Stored in float64 whatever the input dtype (fp16 schedules round ᾱ_t to 1 near t=0).
     """
 
-    __slots__ = ("_alphas_cumprod", "_zero_terminal")
+    __slots__ = ("_alphas_cumprod", "_zero_terminal", "_hash")
 
     def __init__(self, alphas_cumprod: Any, *, allow_zero_terminal: bool = False) -> None:
         a = _float64(alphas_cumprod, "alphas_cumprod").clone()
@@ -75,6 +75,7 @@ class NoiseSchedule:
             )
         self._alphas_cumprod = a
         self._zero_terminal = bool(a[-1] == 0)
+        self._hash = hash(tuple(a.tolist()))  # immutable: hashed once (sampling plans are cached)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -213,7 +214,7 @@ class NoiseSchedule:
         return torch.equal(self._alphas_cumprod, other._alphas_cumprod)
 
     def __hash__(self) -> int:
-        return hash(tuple(self._alphas_cumprod.tolist()))
+        return self._hash
 
     # ------------------------------------------------------------------ grids
     def timesteps(
