@@ -2,7 +2,8 @@
 
 All arguments are checked once, up front; the loop itself only calls the model (without
 autograd: sampling builds no graph), checks the output's shape (a Python comparison) and
-applies the DDIM step with per-step coefficients computed once per call, in float64. Without
+applies the DDIM step with per-step coefficients computed in float64 before the loop (and
+memoised per setup: schedule, grid, η, final ᾱ, prediction type, x̂0 processing). Without
 x̂0 processing the step is applied in its fused form x_prev = a_x·x_t + a_out·out + c_noise·z
 (:func:`ddim.step.fused_coefficients`: x̂0 and ε̂ substituted; two kernels, three with noise);
 x̂0 and ε̂ themselves are only computed when someone looks at them (:func:`sample_iter`, a
