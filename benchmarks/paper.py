@@ -11,8 +11,8 @@ interrupted run resumes where it stopped and loses no finished cell):
 
 - fd:          Table 1 analogue: FD (digits-classifier features, reference: all 1797 real
                digits) of n samples for S in {10, 20, 50, 100, 1000} x η in {0, 0.2, 0.5, 1,
-               σ̂}, with 3 seeds at S=10 and S=20. DDPM ancestral sampling at 1000 steps is the
-               S=1000, η=1 cell (η=1 with S=T is exactly DDPM; σ̂ at S=1000 is DDPM with its
+               σ̂}, with 3 seeds at every S below 1000. DDPM ancestral sampling at 1000 steps
+               is the S=1000, η=1 cell (η=1 with S=T is exactly DDPM; σ̂ at S=1000 is DDPM with its
                larger variance β_t).
 - inversion:   encode the 300 held-out digits with S steps, decode with the same S (η=0):
                per-dimension MSE for S in {10, 20, 50, 100, 200}.
@@ -71,6 +71,9 @@ def plan(n: int) -> list[dict]:
         for steps in (10, 20):
             cells += [dict(kind="fd", steps=steps, eta=e, seed=seed, n=n)
                       for e in ("0.2", "0.5", "hat")]
+    for seed in (1, 2):  # the seed spread everywhere below S=1000
+        for steps in (50, 100):
+            cells += [dict(kind="fd", steps=steps, eta=e, seed=seed, n=n) for e in ETAS]
     return cells
 
 
