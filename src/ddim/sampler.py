@@ -252,6 +252,8 @@ def _loop(plan: _Plan, callback: Callback | None, progress: bool,
 
 def _step(plan: _Plan, x: torch.Tensor, i: int, probes: torch.Tensor,
           details: bool) -> StepOutput:
+    """Step i: the model call, its NaN probe, then x_prev in the fused form (or through
+    :func:`apply_step` where x̂0 is processed or the step returns x̂0 itself)."""
     out = _call(plan, x, i)
     probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
     z = plan.noise() if plan.noisy[i] else None
