@@ -217,3 +217,10 @@ def test_invalid_json_and_scheduler_config(saved_pipeline):
     sched_file.write_text("{not json")
     with pytest.raises(PretrainedError, match=r"cannot read .*scheduler_config\.json"):
         ddim.load_pretrained(folder)
+
+
+def test_to_moves_the_network_in_place_like_nn_module():
+    a = ddim.load_pretrained("digits")
+    b = a.to(dtype=torch.float64)
+    assert b.model is a.model and next(a.parameters()).dtype == torch.float64
+    assert b.schedule == a.schedule and b.sample_shape == a.sample_shape

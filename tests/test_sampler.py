@@ -218,9 +218,10 @@ def test_cpu_generator_gives_the_same_result_on_cuda(eta):
 def test_cuda_recorded_calls_and_no_host_sync():
     rec = Recorder()
     x_T = torch.randn(2, 1, 4, 4, device="cuda")
+    # the setup (argument checks, x_T's finiteness) may sync; the steps must not
+    it = ddim.sample_iter(rec, 10, 1.0, x_T=x_T, generator=torch.Generator("cuda"))
     torch.cuda.set_sync_debug_mode("error")
     try:
-        it = ddim.sample_iter(rec, 10, 1.0, x_T=x_T, generator=torch.Generator("cuda"))
         for _ in range(10):
             next(it)  # the 10 steps run without a host sync; the final check syncs once
     finally:

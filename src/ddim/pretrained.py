@@ -80,7 +80,11 @@ class Pretrained:
         return self.model.parameters()
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Pretrained:
-        """The bundle with its network moved to ``device`` and/or cast to ``dtype``."""
+        """The bundle with its network moved to ``device`` and/or cast to ``dtype``.
+
+        As with ``nn.Module.to``, the network moves in place: this bundle and the returned one
+        share it. Load twice (``load_pretrained(..., device=...)``) to keep one copy per device.
+        """
         return replace(self, model=self.model.to(device=device, dtype=dtype))
 
 
