@@ -215,6 +215,28 @@ def test_cpu_generator_gives_the_same_result_on_cuda(eta):
 
 @pytest.mark.cuda
 @cuda
+def test_cpu_noise_reaches_a_lagging_gpu_intact():
+    # the GPU runs far behind the host here (each call queues ~50 ms of matmuls), so a pinned
+    # staging buffer reused before its asynchronous copy ran would hand the GPU later draws
+    heavy = torch.randn(2048, 2048, device="cuda")
+
+    def slow(x, t):
+        y = heavy
+        for _ in range(20):
+            y = y @ heavy / 64
+        return 0.1 * x + 0 * y[:1, :1].reshape(1, 1, 1, 1)
+
+    def run(device):
+        gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+        x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(5)).to(device)
+        model = slow if device == "cuda" else (lambda x, t: 0.1 * x)
+        return ddim.sample(model, 25, 1.0, x_T=x_T, generator=gens)
+
+    torch.testing.assert_close(run("cuda").cpu(), run("cpu"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@cuda
 def test_cuda_recorded_calls_and_no_host_sync():
     rec = Recorder()
     x_T = torch.randn(2, 1, 4, 4, device="cuda")

@@ -61,29 +61,36 @@ def randn(shape: Sequence[int], generator: Generators, device: torch.device,
 class NoiseSource:
     """Draws successive N(0, I) tensors of one shape into reused buffers (no per-step allocation).
 
-    The returned tensor is overwritten by the next call: use it before drawing again.
+    The returned tensor is overwritten by the next call: use it before drawing again. CPU draws
+    for a CUDA sample go through pinned memory and an asynchronous copy (no host sync). The
+    pinned buffer is taken afresh from PyTorch's caching host allocator for every draw: it
+    hands a block out again only once the copy that read it has run, so a draw can never
+    overwrite numbers the GPU has not copied yet.
     """
 
     def __init__(self, shape: Sequence[int], generator: Generators, device: torch.device,
                  dtype: torch.dtype) -> None:
         self._generator = generator
+        self._shape = tuple(shape)
         draw_device = device if generator is None else _generator_device(generator)
-        self._draw = torch.empty(tuple(shape), device=draw_device, dtype=torch.float32)
         same = draw_device == device and dtype == torch.float32
-        if not same and draw_device.type == "cpu" and device.type == "cuda":
-            self._draw = self._draw.pin_memory()
-        self._out = self._draw if same else torch.empty(tuple(shape), device=device, dtype=dtype)
+        self._pinned = not same and draw_device.type == "cpu" and device.type == "cuda"
+        self._draw = None if self._pinned else torch.empty(
+            self._shape, device=draw_device, dtype=torch.float32)
+        self._out = self._draw if same else torch.empty(self._shape, device=device, dtype=dtype)
 
     def __call__(self) -> torch.Tensor:
         """The next draw, shaped like the sample."""
+        draw = (torch.empty(self._shape, dtype=torch.float32, pin_memory=True) if self._pinned
+                else self._draw)
         g = self._generator
         if g is None or isinstance(g, torch.Generator):
-            self._draw.normal_(generator=g)
+            draw.normal_(generator=g)
         else:
-            for row, gen in zip(self._draw, g, strict=True):
+            for row, gen in zip(draw, g, strict=True):
                 row.normal_(generator=gen)
-        if self._out is not self._draw:
-            self._out.copy_(self._draw, non_blocking=True)
+        if self._out is not draw:
+            self._out.copy_(draw, non_blocking=self._pinned)
         return self._out
 
 
