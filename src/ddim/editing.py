@@ -104,19 +104,19 @@ def inpaint(
     plan = _prepare(model, steps, eta, shape=tuple(image.shape), device=image.device,
                     dtype=torch.promote_types(image.dtype, torch.float32), generator=generator,
                     **kwargs)
-    x, known = plan.x, image.to(plan.x.dtype)
+    x, known, levels = plan.x, image.to(plan.x.dtype), plan.levels
     mask = mask.to(x.dtype)
     gens = _noise.check_generators(generator, x.shape[0], x.device)
     fresh = _noise.NoiseSource(x.shape, gens, x.device, x.dtype)
-    probes = x.new_empty(len(plan.grid) * (resample + 1), dtype=torch.float32)
-    for i in _progress(range(len(plan.grid)), progress, "inpainting"):
-        a_t, a_prev = plan.alpha_bar_t[i], plan.alpha_bar_prev[i]
+    probes = x.new_empty(len(levels.grid) * (resample + 1), dtype=torch.float32)
+    for i in _progress(range(len(levels.grid)), progress, "inpainting"):
+        a_t, a_prev = levels.alpha_bar_t[i], levels.alpha_bar_prev[i]
         for r in range(resample + 1):
             with torch.no_grad():
                 out = _call(plan, x, i)
                 probes[i * (resample + 1) + r] = out.sum(dtype=torch.float32)
-                z = plan.noise() if plan.noisy[i] else None
-                x_prev = apply_step(x, out, a_t, plan.coefficients[i], z,
+                z = plan.noise() if levels.noisy[i] else None
+                x_prev = apply_step(x, out, a_t, levels.coefficients[i], z,
                                     **plan.step_kwargs).prev_sample
                 noisy_known = known if a_prev >= 1 else (
                     math.sqrt(a_prev) * known + math.sqrt(1 - a_prev) * fresh())
@@ -125,7 +125,7 @@ def inpaint(
                     ratio = a_t / a_prev
                     x = math.sqrt(ratio) * x_prev + math.sqrt(1 - ratio) * fresh()
         x = x_prev
-    _check_finite(probes, [t for t in plan.grid for _ in range(resample + 1)])
+    _check_finite(probes, [t for t in levels.grid for _ in range(resample + 1)])
     return x
 
 

@@ -78,7 +78,7 @@ def invert(
                     guidance_scale=guidance_scale, model_kwargs=model_kwargs,
                     uncond_kwargs=uncond_kwargs, x_name="x0")
     ptype = plan.step_kwargs["prediction_type"]
-    order = list(range(len(plan.grid) - 1, -1, -1))
+    order = list(range(len(plan.levels.grid) - 1, -1, -1))
     probes = plan.x.new_empty(len(order), dtype=torch.float32)
     x = plan.x
 
@@ -87,10 +87,10 @@ def invert(
         probes[j] = out.sum(dtype=torch.float32)
         if ptype == "epsilon":
             return out
-        return predict_x0_eps(y, out.to(y.dtype), plan.alpha_bar_t[i], ptype)[1]
+        return predict_x0_eps(y, out.to(y.dtype), plan.levels.alpha_bar_t[i], ptype)[1]
 
     for j, i in enumerate(_progress(order, progress, "inverting")):
-        a_from, a_to = plan.alpha_bar_prev[i], plan.alpha_bar_t[i]
+        a_from, a_to = plan.levels.alpha_bar_prev[i], plan.levels.alpha_bar_t[i]
 
         def up(eps: torch.Tensor, x=x, a_from=a_from, a_to=a_to) -> torch.Tensor:
             return ddim_step(x, eps, a_from, a_to).prev_sample
@@ -101,7 +101,7 @@ def invert(
                 x_next = solve_fixed_point(lambda y, i=i, j=j, up=up: up(eps_at(y, i, j)),
                                            x_next, max_iters, tol, anderson)
         x = x_next
-    _check_finite(probes, [plan.grid[i] for i in order])
+    _check_finite(probes, [plan.levels.grid[i] for i in order])
     return x
 
 

@@ -70,13 +70,8 @@ class _Plan:
     """Everything the loop needs, validated: built once per call."""
 
     fn: ModelFn
-    grid: tuple[int, ...]
-    t_grid: torch.Tensor
-    alpha_bar_t: tuple[float, ...]
-    alpha_bar_prev: tuple[float, ...]
-    coefficients: tuple[tuple[float, float, float], ...]
-    fused: tuple[tuple[float, float] | None, ...]  # (a_x, a_out); None: through apply_step
-    noisy: tuple[bool, ...]
+    levels: _Levels  # the grid and its per-step numbers
+    t_grid: torch.Tensor  # the grid as int64 on x's device (fresh each call)
     x: torch.Tensor
     model_dtype: torch.dtype | None
     step_kwargs: dict[str, Any]
@@ -236,38 +231,39 @@ def _loop(plan: _Plan, callback: Callback | None, progress: bool,
           details: bool) -> Iterator[SampleStep]:
     """The steps; ``details=False`` leaves pred_x0/pred_eps None where the fused step skips
     them (the samples are the same either way)."""
-    x = plan.x
-    probes = x.new_empty(len(plan.grid), dtype=torch.float32)
-    for i in _progress(range(len(plan.grid)), progress, "sampling"):
+    x, grid = plan.x, plan.levels.grid
+    probes = x.new_empty(len(grid), dtype=torch.float32)
+    for i in _progress(range(len(grid)), progress, "sampling"):
         if torch.is_grad_enabled():  # per step: grad mode must not leak across yield
             with torch.no_grad():
                 x, pred_x0, pred_eps = _step(plan, x, i, probes, details)
         else:
             x, pred_x0, pred_eps = _step(plan, x, i, probes, details)
         if callback is not None:
-            callback(i, plan.grid[i], x, pred_x0)
-        yield SampleStep(i, plan.grid[i], x, pred_x0, pred_eps)
-    _check_finite(probes, plan.grid)
+            callback(i, grid[i], x, pred_x0)
+        yield SampleStep(i, grid[i], x, pred_x0, pred_eps)
+    _check_finite(probes, grid)
 
 
 def _step(plan: _Plan, x: torch.Tensor, i: int, probes: torch.Tensor,
           details: bool) -> StepOutput:
     """Step i: the model call, its NaN probe, then x_prev in the fused form (or through
     :func:`apply_step` where x̂0 is processed or the step returns x̂0 itself)."""
+    levels = plan.levels
     out = _call(plan, x, i)
     probes[i] = out.sum(dtype=torch.float32)  # NaN/inf survive the sum; no sync here
-    z = plan.noise() if plan.noisy[i] else None
-    fused = plan.fused[i]
+    z = plan.noise() if levels.noisy[i] else None
+    fused = levels.fused[i]
     if fused is None:
-        return apply_step(x, out, plan.alpha_bar_t[i], plan.coefficients[i], z,
+        return apply_step(x, out, levels.alpha_bar_t[i], levels.coefficients[i], z,
                           **plan.step_kwargs)
     out = out if out.dtype == x.dtype else out.to(x.dtype)
     prev = x.mul(fused[0]).add_(out, alpha=fused[1])
-    if z is not None:
-        prev.add_(z if z.dtype == x.dtype else z.to(x.dtype), alpha=plan.coefficients[i][2])
+    if z is not None:  # NoiseSource draws in x's dtype
+        prev.add_(z, alpha=levels.coefficients[i][2])
     if not details:
         return StepOutput(prev, None, None)
-    pred_x0, pred_eps = predict_x0_eps(x, out, plan.alpha_bar_t[i],
+    pred_x0, pred_eps = predict_x0_eps(x, out, levels.alpha_bar_t[i],
                                        plan.step_kwargs["prediction_type"])
     return StepOutput(prev, pred_x0, pred_eps)
 
@@ -275,7 +271,7 @@ def _step(plan: _Plan, x: torch.Tensor, i: int, probes: torch.Tensor,
 def _call(plan: _Plan, x: torch.Tensor, i: int) -> torch.Tensor:
     x_in = x if plan.model_dtype in (None, x.dtype) else x.to(plan.model_dtype)
     t = plan.t_grid[i].expand(x.shape[0])  # int64 (B,) on x's device, a view: no copy
-    return fit_output(plan.fn(x_in, t), x, i, plan.grid[i])
+    return fit_output(plan.fn(x_in, t), x, i, plan.levels.grid[i])
 
 
 def _check_finite(probes: torch.Tensor, grid: Sequence[int]) -> None:
@@ -367,9 +363,7 @@ def _prepare(
                        dynamic_threshold=dynamic_threshold,
                        dynamic_threshold_max=dynamic_threshold_max, rederive_eps=rederive_eps)
     t_grid = torch.tensor(levels.grid, dtype=torch.int64, device=x.device)
-    return _Plan(fn, levels.grid, t_grid, levels.alpha_bar_t, levels.alpha_bar_prev,
-                 levels.coefficients, levels.fused, levels.noisy, x, model_dtype, step_kwargs,
-                 source)
+    return _Plan(fn, levels, t_grid, x, model_dtype, step_kwargs, source)
 
 
 @dataclass(frozen=True)
