@@ -127,6 +127,9 @@ def test_steps_offset_out_of_range(x_T):
             ddim.sample, zeros_model, 3, x_T=x_T, steps_offset=-1)
     _raises(TypeError, r"steps_offset must be an integer in \[0, 999\], got 0\.5 \(float\)",
             ddim.sample, zeros_model, 3, x_T=x_T, steps_offset=0.5)
+    # checked before the memoised setup, so an unhashable value gets the same message
+    _raises(TypeError, r"steps_offset must be an integer in \[0, 999\], got \[1\] \(list\)",
+            ddim.sample, zeros_model, 3, x_T=x_T, steps_offset=[1])
 
 
 def test_leading_offset_grid_leaves_range(x_T):

@@ -216,7 +216,7 @@ def test_cpu_generator_gives_the_same_result_on_cuda(eta):
 @pytest.mark.cuda
 @cuda
 def test_cpu_noise_reaches_a_lagging_gpu_intact():
-    # the GPU runs far behind the host here (each call queues ~50 ms of matmuls), so a pinned
+    # the GPU runs far behind the host here (each call queues 20 large matmuls), so a pinned
     # staging buffer reused before its asynchronous copy ran would hand the GPU later draws
     heavy = torch.randn(2048, 2048, device="cuda")
 
