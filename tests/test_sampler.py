@@ -310,7 +310,7 @@ def test_looking_at_the_steps_does_not_change_the_samples(ptype, options):
 def test_setup_is_memoised_but_never_shared_mutably():
     # the per-step numbers of a (schedule, S, spacing, η, ...) setup are computed once; the
     # schedule hashes by value, so an equal schedule built anew hits the same entry
-    from ddim.sampler import _grid_levels
+    from ddim.plan import step_table
 
     x_T = torch.randn(2, 1, 4, 4)
 
@@ -321,21 +321,62 @@ def test_setup_is_memoised_but_never_shared_mutably():
 
     first = ddim.sample(Recorder(), 13, 0.3, x_T=x_T, generator=torch.Generator().manual_seed(0),
                         schedule=NoiseSchedule.linear(), spacing="trailing")
-    hits = _grid_levels.cache_info().hits
+    hits = step_table.cache_info().hits
     ddim.sample(vandal, 13, 0.3, x_T=x_T[:1], generator=torch.Generator().manual_seed(0),
                 schedule=NoiseSchedule.linear(), spacing="trailing")
     rec = Recorder()
     again = ddim.sample(rec, 13, 0.3, x_T=x_T, generator=torch.Generator().manual_seed(0),
                         schedule=NoiseSchedule.from_betas(NoiseSchedule.linear().betas),
                         spacing="trailing")
-    assert _grid_levels.cache_info().hits >= hits + 2
+    assert step_table.cache_info().hits >= hits + 2
     assert torch.equal(first, again)
     assert [c[0][0].item() for c in rec.calls] == NoiseSchedule.linear().timesteps(
         13, "trailing").tolist()
-    levels = _grid_levels(NoiseSchedule.linear(), 13, "trailing", 0, "one", 0.3, False,
-                          "epsilon", True)
-    assert all(isinstance(v, tuple) for v in (levels.grid, levels.coefficients, levels.fused))
+    table = step_table(NoiseSchedule.linear(), ("spaced", 13, "trailing", 0), "one", 0.3, False,
+                       "epsilon", True)
+    assert all(isinstance(v, tuple) for v in (table.grid, table.alpha_bar_t, table.coefficients))
     # other settings are other entries
     other = ddim.sample(Recorder(), 13, 0.0, x_T=x_T, schedule=NoiseSchedule.linear(),
                         spacing="trailing")
     assert not torch.equal(first, other)
+
+
+def test_signatures_list_every_sampling_option():
+    # the options are stated once (SampleOptions); every public entry point shows them all
+    import inspect
+    from dataclasses import fields
+
+    from ddim.options import SampleOptions
+
+    options = {f.name for f in fields(SampleOptions)} - {"x_name"}
+    assert options <= set(inspect.signature(ddim.sample).parameters)
+    assert options - {"max_batch_size"} <= set(inspect.signature(ddim.sample_iter).parameters)
+    for fn in (ddim.sample, ddim.sample_iter):
+        kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds
+
+
+@pytest.mark.parametrize("fn", [ddim.sample, ddim.sample_iter])
+def test_misspelt_keyword_names_the_public_function(fn):
+    with pytest.raises(TypeError, match=rf"^{fn.__name__}\(\) got an unexpected keyword "
+                                        r"argument 'stpes'"):
+        fn(Recorder(), stpes=10, x_T=torch.randn(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: ddim.img2img(m, x, 0.5, 4, stpes=3),
+    lambda m, x: ddim.inpaint(m, x, torch.ones_like(x), 4, stpes=3),
+    lambda m, x: ddim.interpolation_strip(m, x[:1], x[1:], 3, 4, stpes=3),
+])
+def test_misspelt_keyword_in_editing_names_the_function(call):
+    with pytest.raises(TypeError, match=r"(img2img|inpaint|interpolation_strip)\(\) got an "
+                                        r"unexpected keyword argument 'stpes'; its sampling "
+                                        r"options are \["):
+        call(Recorder(), torch.randn(2, 1, 2, 2))
+
+
+def test_editing_refuses_options_it_sets_itself():
+    x = torch.randn(2, 1, 2, 2)
+    with pytest.raises(TypeError, match=r"img2img\(\) got an unexpected keyword argument "
+                                        r"'x_T' \(it sets that itself\)"):
+        ddim.img2img(Recorder(), x, 0.5, 4, x_T=x)

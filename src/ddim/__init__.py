@@ -5,10 +5,12 @@ from .editing import img2img, inpaint
 from .images import make_grid, save_image_grid, to_pil, to_uint8
 from .interpolate import interpolation_strip, slerp
 from .inversion import invert
+from .models import NonFiniteError
+from .prediction import predict_x0_eps
 from .pretrained import BUNDLED_MODELS, Pretrained, PretrainedError, load_pretrained
-from .sampler import NonFiniteError, SampleStep, sample, sample_iter
+from .sampler import SampleStep, sample, sample_iter
 from .schedule import NoiseSchedule
-from .step import StepOutput, ddim_sigma, ddim_step, predict_x0_eps
+from .step import StepOutput, ddim_sigma, ddim_step
 
 __all__ = [
     "BUNDLED_MODELS",

@@ -56,3 +56,42 @@ def _range_text(low: float | None, high: float | None) -> str:
     if high is not None:
         return f" <= {high}"
     return ""
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` must be True or False (not 0/1, not None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_device(name: str, value: Any) -> Any:
+    """A ``torch.device`` for ``value`` (a device or a string such as ``"cuda:0"``), or None.
+
+    Raises:
+        TypeError: not a device, string or None. ValueError: an unknown device string, or a
+            device type (cuda, mps) or index this machine does not have.
+    """
+    import torch
+
+    if value is None:
+        return None
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{name} must be a torch.device or a string such as 'cpu' or 'cuda:0', "
+                        f"got {value!r} ({type(value).__name__})")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name} must be a device such as 'cpu', 'cuda' or 'cuda:1', got "
+                         f"{value!r}") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type in available and not available[device.type]():
+        raise ValueError(f"{name}={str(value)!r}: {device.type} is not available on this "
+                         "machine")
+    if device.type == "cuda" and device.index is not None and (
+            device.index >= torch.cuda.device_count()):
+        raise ValueError(f"{name}={str(value)!r} does not exist: this machine has "
+                         f"{torch.cuda.device_count()} CUDA devices")
+    if device.type == "meta":
+        raise ValueError(f"{name}='meta' holds no data: use 'cpu' or 'cuda'")
+    return device

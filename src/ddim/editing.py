@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
-from . import noise as _noise
 from ._checks import check_float, check_int
-from .sampler import DEFAULT_STEPS, _call, _check_finite, _prepare, _progress, sample
-from .schedule import NoiseSchedule, default_schedule
-from .step import apply_step
+from .models import OutputProbe
+from .noise import Generators, NoiseSource
+from .options import SampleOptions, check_keywords
+from .plan import Plan, make_plan
+from .sampler import progress_bar, run
 
 
 def img2img(
@@ -33,10 +34,8 @@ def img2img(
     steps: int | None = None,
     eta: float = 0.0,
     *,
-    generator: _noise.Generators = None,
-    schedule: NoiseSchedule | None = None,
-    spacing: str = "leading",
-    **kwargs: Any,
+    generator: Generators = None,
+    **options: Any,
 ) -> torch.Tensor:
     """Re-generate ``image`` from noise level ``strength`` (SDEdit with DDIM).
 
@@ -45,27 +44,29 @@ def img2img(
         image: (B, C, H, W) images in the model's data range.
         strength: in [0, 1]; the last round(strength·S) points of the S-step grid are run.
         steps: S, the full grid's size (default 50).
-        eta, generator, schedule, spacing, **kwargs: as for :func:`ddim.sample`.
+        eta, generator: as for :func:`ddim.sample`; the generator also draws the noise added
+            to the image.
+        **options: further :func:`ddim.sample` options (schedule, spacing, steps_offset,
+            prediction_type, class_labels, guidance_scale, ...); not x_T, shape or batch_size
+            (the image sets them).
 
     Returns:
         Edited images of ``image``'s shape (a copy of ``image`` when strength rounds to 0).
+
+    Raises:
+        TypeError / ValueError naming the parameter, before any model call.
     """
     image = _check_image(image, "image")
     strength = check_float("strength", strength, low=0.0, high=1.0)
-    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
-    schedule = schedule if schedule is not None else default_schedule()
-    grid = schedule.timesteps(DEFAULT_STEPS if steps is None else steps, spacing)
-    n = round(strength * len(grid))
+    plan = _plan(model, "img2img", image, dict(options, steps=steps, eta=eta,
+                                                generator=generator))
+    n = round(strength * len(plan.grid))
     if n == 0:
-        return image.clone().to(torch.promote_types(image.dtype, torch.float32))
-    sub = grid[-n:]
-    gens = _noise.check_generators(generator, image.shape[0], image.device)
-    z = _noise.randn(image.shape, gens, image.device, torch.promote_types(image.dtype,
-                                                                           torch.float32))
-    a = float(schedule.alphas_cumprod[sub[0]])
-    x_t = math.sqrt(a) * image + math.sqrt(1 - a) * z
-    return sample(model, eta=eta, x_T=x_t, timesteps=sub, schedule=schedule,
-                  generator=generator, **kwargs)
+        return image.clone().to(plan.x.dtype)
+    first = len(plan.grid) - n
+    a = plan.table.alpha_bar_t[first]
+    x_t = math.sqrt(a) * image.to(plan.x.dtype) + math.sqrt(1 - a) * plan.x  # plan.x ~ N(0, I)
+    return run(plan.starting_at(first, x_t))
 
 
 def inpaint(
@@ -76,9 +77,9 @@ def inpaint(
     eta: float = 0.0,
     *,
     resample: int = 0,
-    generator: _noise.Generators = None,
+    generator: Generators = None,
     progress: bool = False,
-    **kwargs: Any,
+    **options: Any,
 ) -> torch.Tensor:
     """Fill the unknown pixels of ``image`` (where ``mask`` is 0) with the model.
 
@@ -91,33 +92,34 @@ def inpaint(
         resample: RePaint rounds per step (0: none); each costs one more model call per step.
         generator: noise for x_T, for the known region at every step and for η > 0.
         progress: tqdm progress bar.
-        **kwargs: further :func:`ddim.sample` options (schedule, spacing, prediction_type,
-            class_labels, guidance_scale, ...).
+        **options: further :func:`ddim.sample` options (schedule, spacing, prediction_type,
+            class_labels, guidance_scale, ...); not x_T, shape or batch_size.
 
     Returns:
         (B, C, H, W): equal to ``image`` wherever mask is 1 (exactly, with the default final
         ᾱ = 1), generated elsewhere.
+
+    Raises:
+        TypeError / ValueError naming the parameter, before any model call;
+        :class:`ddim.NonFiniteError` if the model returns NaN or inf.
     """
     image = _check_image(image, "image")
     mask = _check_mask(mask, image)
     resample = check_int("resample", resample, low=0)
-    plan = _prepare(model, steps, eta, shape=tuple(image.shape), device=image.device,
-                    dtype=torch.promote_types(image.dtype, torch.float32), generator=generator,
-                    **kwargs)
-    x, known, levels = plan.x, image.to(plan.x.dtype), plan.levels
+    plan = _plan(model, "inpaint", image, dict(options, steps=steps, eta=eta,
+                                                generator=generator, progress=progress))
+    x, known, table = plan.x, image.to(plan.x.dtype), plan.table
     mask = mask.to(x.dtype)
-    gens = _noise.check_generators(generator, x.shape[0], x.device)
-    fresh = _noise.NoiseSource(x.shape, gens, x.device, x.dtype)
-    probes = x.new_empty(len(levels.grid) * (resample + 1), dtype=torch.float32)
-    for i in _progress(range(len(levels.grid)), progress, "inpainting"):
-        a_t, a_prev = levels.alpha_bar_t[i], levels.alpha_bar_prev[i]
+    fresh = NoiseSource(x.shape, plan.generator, x.device, x.dtype)
+    stepper = plan.stepper()
+    probe = OutputProbe([t for t in table.grid for _ in range(resample + 1)], x.device)
+    for i in progress_bar(range(len(table.grid)), progress, "inpainting"):
+        a_t, a_prev = table.alpha_bar_t[i], table.alpha_bar_prev[i]
         for r in range(resample + 1):
             with torch.no_grad():
-                out = _call(plan, x, i)
-                probes[i * (resample + 1) + r] = out.sum(dtype=torch.float32)
-                z = plan.noise() if levels.noisy[i] else None
-                x_prev = apply_step(x, out, a_t, levels.coefficients[i], z,
-                                    **plan.step_kwargs).prev_sample
+                out = plan.call(x, i)
+                probe.record(i * (resample + 1) + r, out)
+                x_prev = stepper(i, x, out, False).prev_sample
                 noisy_known = known if a_prev >= 1 else (
                     math.sqrt(a_prev) * known + math.sqrt(1 - a_prev) * fresh())
                 x_prev = mask * noisy_known + (1 - mask) * x_prev
@@ -125,8 +127,16 @@ def inpaint(
                     ratio = a_t / a_prev
                     x = math.sqrt(ratio) * x_prev + math.sqrt(1 - ratio) * fresh()
         x = x_prev
-    _check_finite(probes, [t for t in levels.grid for _ in range(resample + 1)])
+    probe.check()
     return x
+
+
+def _plan(model: Any, function: str, image: torch.Tensor, options: dict[str, Any]) -> Plan:
+    """The plan of an edit: x_T of the image's shape, device and (at least float32) dtype."""
+    check_keywords(function, options, refused=("x_T", "shape", "batch_size", "max_batch_size"))
+    return make_plan(model, SampleOptions(
+        shape=tuple(image.shape), device=image.device,
+        dtype=torch.promote_types(image.dtype, torch.float32), **options))
 
 
 def _check_image(image: Any, name: str) -> torch.Tensor:

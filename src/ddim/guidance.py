@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .models import ModelFn, _is_diffusers_model, unwrap_output
+from .models import ModelFn, is_diffusers_model, unwrap_output
 
 Kwargs = Mapping[str, torch.Tensor]
 
@@ -29,7 +30,7 @@ Kwargs = Mapping[str, torch.Tensor]
 def conditional_fn(model: Any, cond: Kwargs) -> ModelFn:
     """``fn(x, t)`` calling ``model(x, t, **cond)`` (diffusers models with return_dict=False)."""
     network = getattr(model, "model", model) if hasattr(model, "schedule") else model
-    extra = {"return_dict": False} if _is_diffusers_model(network) else {}
+    extra = {"return_dict": False} if is_diffusers_model(network) else {}
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unwrap_output(network(x, t, **cond, **extra))
@@ -60,6 +61,29 @@ def guided_fn(model: Any, cond: Kwargs, uncond: Kwargs, guidance_scale: float) -
     return fn
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """Validated conditioning of one batch: keyword tensors (batch first) for the conditional
+    half, optionally for the unconditional half, and the guidance weight (None: no guidance).
+    """
+
+    cond: Kwargs
+    uncond: Kwargs | None = None
+    guidance_scale: float | None = None
+
+    def model_fn(self, model: Any) -> ModelFn:
+        """``fn(x, t)`` applying this conditioning (and guidance) to ``model``."""
+        if self.guidance_scale is None:
+            return conditional_fn(model, self.cond)
+        return guided_fn(model, self.cond, self.uncond, self.guidance_scale)
+
+    def rows(self, part: slice) -> Conditioning:
+        """The conditioning of samples ``part`` of the batch."""
+        uncond = None if self.uncond is None else {k: v[part] for k, v in self.uncond.items()}
+        return Conditioning({k: v[part] for k, v in self.cond.items()}, uncond,
+                            self.guidance_scale)
+
+
 def conditioning(
     model: Any,
     batch_size: int,
@@ -69,12 +93,17 @@ def conditioning(
     guidance_scale: float | None = None,
     model_kwargs: Kwargs | None = None,
     uncond_kwargs: Kwargs | None = None,
-) -> ModelFn | None:
-    """The adapted model for these conditioning options, or None when there are none.
+) -> Conditioning | None:
+    """The validated :class:`Conditioning` for these options, or None when there are none.
 
     Validates: labels are integers in [0, num_classes) of shape (B,) (or one int for all),
     guidance needs an unconditional half (a null class, or ``uncond_kwargs``), every keyword
     tensor has the batch size B.
+
+    Raises:
+        ValueError naming the argument: labels for an unconditional model, labels of the wrong
+            shape or range, guidance without conditioning or without an unconditional half,
+            keyword tensors of the wrong batch size, mismatched keys.
     """
     if class_labels is None and guidance_scale is None and not model_kwargs and not uncond_kwargs:
         return None
@@ -110,9 +139,7 @@ def conditioning(
     if uncond is not None and set(uncond) != set(cond):
         raise ValueError(f"uncond_kwargs must have the keys of the conditioning "
                          f"{sorted(cond)}, got {sorted(uncond)}")
-    if guidance_scale is None:
-        return conditional_fn(model, cond)
-    return guided_fn(model, cond, uncond, guidance_scale)
+    return Conditioning(cond, uncond, None if guidance_scale is None else float(guidance_scale))
 
 
 def class_info(model: Any) -> tuple[int | None, int | None]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .options import check_keywords
 from .sampler import sample
 
 
@@ -72,6 +73,8 @@ def interpolation_strip(model: Any, x_T0: torch.Tensor, x_T1: torch.Tensor, num:
     if "eta" in sample_kwargs:
         raise ValueError("interpolation_strip decodes with eta=0 (a deterministic map); "
                          "do not pass eta")
+    check_keywords("interpolation_strip", sample_kwargs,
+                   refused=("x_T", "shape", "batch_size"))
     z0 = x_T0[None] if x_T0.ndim == 3 else x_T0
     z1 = x_T1[None] if x_T1.ndim == 3 else x_T1
     latents = slerp(z0, z1, torch.linspace(0, 1, num, dtype=torch.float64))

@@ -23,9 +23,13 @@ from typing import Any
 import torch
 
 from ._checks import check_choice, check_float, check_int
-from .sampler import _call, _check_finite, _prepare, _progress
+from .models import OutputProbe
+from .options import SampleOptions
+from .plan import make_plan
+from .prediction import predict_x0_eps
+from .sampler import progress_bar
 from .schedule import NoiseSchedule
-from .step import ddim_step, predict_x0_eps
+from .step import ddim_step
 
 METHODS = ("ddim", "fixed_point")
 
@@ -65,32 +69,35 @@ def invert(
 
     Returns:
         x_T, x0's shape, in x0's dtype promoted to at least float32.
+
+    Raises:
+        TypeError / ValueError naming the parameter, before any model call;
+        :class:`ddim.NonFiniteError` if the model returns NaN or inf.
     """
-    if not isinstance(x0, torch.Tensor):
-        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
     check_choice("method", method, METHODS)
     max_iters = check_int("max_iters", max_iters, low=1)
     tol = check_float("tol", tol, low=0.0)
     anderson = check_int("anderson", anderson, low=0)
-    plan = _prepare(model, steps, 0.0, x_T=x0, schedule=schedule, spacing=spacing,
-                    steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
-                    prediction_type=prediction_type, class_labels=class_labels,
-                    guidance_scale=guidance_scale, model_kwargs=model_kwargs,
-                    uncond_kwargs=uncond_kwargs, x_name="x0")
-    ptype = plan.step_kwargs["prediction_type"]
-    order = list(range(len(plan.levels.grid) - 1, -1, -1))
-    probes = plan.x.new_empty(len(order), dtype=torch.float32)
+    options = SampleOptions(
+        steps=steps, x_T=x0, schedule=schedule, spacing=spacing, steps_offset=steps_offset,
+        timesteps=timesteps, final_alpha=final_alpha, prediction_type=prediction_type,
+        class_labels=class_labels, guidance_scale=guidance_scale, model_kwargs=model_kwargs,
+        uncond_kwargs=uncond_kwargs, progress=progress, x_name="x0")
+    plan = make_plan(model, options)
+    table, ptype = plan.table, plan.prediction_type
+    order = list(range(len(table.grid) - 1, -1, -1))
+    probe = OutputProbe([table.grid[i] for i in order], plan.x.device)
     x = plan.x
 
     def eps_at(y: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        out = _call(plan, y, i)
-        probes[j] = out.sum(dtype=torch.float32)
+        out = plan.call(y, i)
+        probe.record(j, out)
         if ptype == "epsilon":
             return out
-        return predict_x0_eps(y, out.to(y.dtype), plan.levels.alpha_bar_t[i], ptype)[1]
+        return predict_x0_eps(y, out.to(y.dtype), table.alpha_bar_t[i], ptype)[1]
 
-    for j, i in enumerate(_progress(order, progress, "inverting")):
-        a_from, a_to = plan.levels.alpha_bar_prev[i], plan.levels.alpha_bar_t[i]
+    for j, i in enumerate(progress_bar(order, progress, "inverting")):
+        a_from, a_to = table.alpha_bar_prev[i], table.alpha_bar_t[i]
 
         def up(eps: torch.Tensor, x=x, a_from=a_from, a_to=a_to) -> torch.Tensor:
             return ddim_step(x, eps, a_from, a_to).prev_sample
@@ -101,7 +108,7 @@ def invert(
                 x_next = solve_fixed_point(lambda y, i=i, j=j, up=up: up(eps_at(y, i, j)),
                                            x_next, max_iters, tol, anderson)
         x = x_next
-    _check_finite(probes, [plan.levels.grid[i] for i in order])
+    probe.check()
     return x
 
 

@@ -14,7 +14,7 @@ prediction type). Accepted as well, and adapted here:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ def as_model_fn(model: Any) -> ModelFn:
     inner = getattr(model, "model_fn", None)
     if callable(inner):  # a bundle that already adapted its network
         return inner
-    if _is_diffusers_model(model):
+    if is_diffusers_model(model):
         def diffusers_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return model(x, t, return_dict=False)[0]
 
@@ -99,5 +99,45 @@ def fit_output(out: torch.Tensor, x: torch.Tensor, step: int, t: int) -> torch.T
     )
 
 
-def _is_diffusers_model(model: Any) -> bool:
+def is_diffusers_model(model: Any) -> bool:
+    """Whether ``model`` is a diffusers model (called with ``return_dict=False``)."""
     return type(model).__module__.startswith("diffusers.") and hasattr(model, "config")
+
+
+class NonFiniteError(ValueError):
+    """The model returned NaN or inf; ``step`` and ``timestep`` say where it first happened."""
+
+    def __init__(self, message: str, step: int, timestep: int) -> None:
+        super().__init__(message)
+        self.step, self.timestep = step, timestep
+
+
+class OutputProbe:
+    """Watches the model's outputs for NaN and inf without synchronising with the device.
+
+    ``record(j, out)`` stores a sum of call j's output in a preallocated tensor on the
+    device (NaN and inf survive a sum); ``check()`` looks at all of them at once, the one host
+    sync of a sampling call, and raises :class:`NonFiniteError` naming the first bad call.
+
+    Args:
+        timesteps: the training timestep of each call, in call order (for the message).
+        device: where the outputs live.
+    """
+
+    def __init__(self, timesteps: Sequence[int], device: torch.device) -> None:
+        self.timesteps = list(timesteps)
+        self.sums = torch.empty(len(self.timesteps), dtype=torch.float32, device=device)
+
+    def record(self, j: int, out: torch.Tensor) -> None:
+        """Note call j's output (no sync)."""
+        self.sums[j] = out.sum(dtype=torch.float32)
+
+    def check(self) -> None:
+        """Raise :class:`NonFiniteError` if any recorded output held NaN or inf."""
+        bad = ~torch.isfinite(self.sums)
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            t = int(self.timesteps[j])
+            raise NonFiniteError(
+                f"the model returned NaN or inf at step {j} (t={t}); check the model, its "
+                "dtype (fp16 overflow?) and its input range", step=j, timestep=t)

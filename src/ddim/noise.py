@@ -16,16 +16,14 @@ import torch
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def check_generators(generator: Generators, batch_size: int, device: torch.device) -> Generators:
-    """Validate ``generator`` for a batch on ``device``; returns it (a list as a list).
+def check_generator_list(generator: Generators, batch_size: int) -> Generators:
+    """Validate ``generator`` for a batch of ``batch_size``; returns it (a list as a list).
 
-    A generator must live on the CPU or on ``device``; a list must hold ``batch_size``
-    generators, all on one device.
+    Raises:
+        TypeError: not a ``torch.Generator``, a list of them, or None. ValueError: a list
+            whose length is not ``batch_size``, or whose generators sit on several devices.
     """
-    if generator is None:
-        return None
-    if isinstance(generator, torch.Generator):
-        _check_device(generator.device, device, "generator")
+    if generator is None or isinstance(generator, torch.Generator):
         return generator
     if not isinstance(generator, Sequence) or isinstance(generator, str):
         raise TypeError("generator must be a torch.Generator or a list of them, got "
@@ -40,7 +38,25 @@ def check_generators(generator: Generators, batch_size: int, device: torch.devic
     if len({g.device for g in gens}) > 1:
         raise ValueError("all generators in the list must be on one device, got "
                          f"{sorted({str(g.device) for g in gens})}")
-    _check_device(gens[0].device, device, "generator list")
+    return gens
+
+
+def check_generator_device(generator: Generators, device: torch.device) -> None:
+    """A generator must live on the CPU (same numbers everywhere) or on ``device``.
+
+    Raises:
+        ValueError: the generator (list) is on another accelerator than ``device``.
+    """
+    if generator is None:
+        return
+    what = "generator" if isinstance(generator, torch.Generator) else "generator list"
+    _check_device(_generator_device(generator), device, what)
+
+
+def check_generators(generator: Generators, batch_size: int, device: torch.device) -> Generators:
+    """:func:`check_generator_list` and :func:`check_generator_device` in one call."""
+    gens = check_generator_list(generator, batch_size)
+    check_generator_device(gens, device)
     return gens
 
 

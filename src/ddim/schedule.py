@@ -19,15 +19,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
 
 from ._checks import check_eta, check_int
+from .grid import SPACINGS, explicit_timesteps, spaced_timesteps  # noqa: F401 (re-exported)
+from .step import ddim_sigma
 
-SPACINGS = ("leading", "trailing", "linspace", "quad")
 FINAL_ALPHAS = ("one", "first")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine")
 
@@ -227,77 +227,22 @@ class NoiseSchedule:
         """The sampling grid τ: exactly ``steps`` distinct, strictly decreasing timesteps.
 
         Args:
-            steps: S, an integer in [1, T]; or an explicit sequence of timesteps (strictly
-                decreasing integers in [0, T)), returned as given.
-            spacing: how to place S points in [0, T):
-
-                - ``leading``: the paper's uniform grid ``i·(T//S) + steps_offset``, i < S
-                  (starts at T - T//S: for 10 steps at t=900, for 1 step at t=0).
-                - ``trailing``: ``round(T - i·T/S) - 1``, starting at T-1 (pure-ish noise),
-                  best for few steps.
-                - ``linspace``: ``round(i·(T-1)/(S-1))`` from 0 to T-1.
-                - ``quad``: the paper's CIFAR10 grid ``floor((i·sqrt(0.8T)/(S-1))²)``, computed
-                  exactly (floating point can give 799 for the last point). Where the
-                  parabola is flatter than one step per point its integers repeat; each
-                  repeat is moved up to one more than its predecessor (and, where S > 0.8T,
-                  points are capped from the top at T-1, T-2, ...) so that the count is exactly
-                  S and the grid keeps the parabola everywhere it is steeper than 1.
-
-                Rounding is exact (rational arithmetic, halves to even as numpy does).
-            steps_offset: added to every ``leading`` point (diffusers' ``steps_offset``; Stable
-                Diffusion uses 1). Only for ``leading``.
+            steps: S, an integer in [1, T] placed by ``spacing`` (see
+                :func:`ddim.grid.spaced_timesteps`); or an explicit sequence of timesteps
+                (strictly decreasing integers in [0, T)), returned as given.
+            spacing: ``leading``, ``trailing``, ``linspace`` or ``quad``.
+            steps_offset: added to every ``leading`` point (diffusers' ``steps_offset``).
 
         Returns:
             int64 CPU tensor of shape (S,), strictly decreasing, values in [0, T).
+
+        Raises:
+            TypeError / ValueError naming the parameter for a bad S, spacing, offset or grid.
         """
         T = self.num_train_timesteps
         if isinstance(steps, (Sequence, torch.Tensor)) and not isinstance(steps, str):
-            return self._explicit(steps)
-        S = check_int("steps", steps, low=1, high=T)
-        if spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-        offset = check_int("steps_offset", steps_offset, low=0, high=T - 1)
-        if offset and spacing != "leading":
-            raise ValueError(f"steps_offset applies to spacing='leading' only, got "
-                             f"steps_offset={offset} with spacing={spacing!r}")
-        if spacing == "leading":
-            ratio = T // S
-            grid = [i * ratio + offset for i in range(S)]
-            if grid[-1] > T - 1:
-                raise ValueError(
-                    f"spacing='leading' with steps_offset={offset} puts the last of {S} steps at "
-                    f"t={grid[-1]}, outside [0, {T - 1}]; use steps <= {T - offset} or "
-                    "steps_offset=0"
-                )
-        elif spacing == "trailing":
-            grid = [round(Fraction(T * (S - i), S)) - 1 for i in range(S)][::-1]
-        elif spacing == "linspace":
-            grid = [0] if S == 1 else [round(Fraction(i * (T - 1), S - 1)) for i in range(S)]
-        else:  # quad
-            grid = [0] if S == 1 else [
-                math.floor(Fraction(4 * T * i * i, 5 * (S - 1) ** 2)) for i in range(S)]
-            grid = _make_strict(grid, T)
-        return torch.tensor(grid[::-1], dtype=torch.int64)
-
-    def _explicit(self, steps: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        T = self.num_train_timesteps
-        t = torch.as_tensor(steps)
-        if t.ndim != 1 or t.numel() == 0:
-            raise ValueError(f"timesteps must be a non-empty 1-D sequence, got shape "
-                             f"{tuple(t.shape)}")
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            if not (t.is_floating_point() and torch.equal(t, t.round())):
-                raise TypeError(f"timesteps must be integers, got {t.tolist()[:8]}")
-        t = t.to(device="cpu", dtype=torch.int64)
-        if (t < 0).any() or (t >= T).any():
-            raise ValueError(f"timesteps must lie in [0, {T - 1}], got {t.tolist()[:8]}"
-                             f"{' ...' if t.numel() > 8 else ''}")
-        if t.numel() > 1 and not (t[1:] < t[:-1]).all():
-            i = int(torch.nonzero(t[1:] >= t[:-1])[0])
-            kind = "duplicated" if t[i] == t[i + 1] else "not strictly decreasing"
-            raise ValueError(f"timesteps must be strictly decreasing without repeats; "
-                             f"{kind} at positions {i},{i + 1}: {t[i].item()}, {t[i + 1].item()}")
-        return t.clone()
+            return explicit_timesteps(steps, T)
+        return spaced_timesteps(steps, T, spacing, steps_offset)
 
     # ------------------------------------------------------------------ per-step values
     def alpha_bar(self, timesteps: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
@@ -320,7 +265,7 @@ class NoiseSchedule:
         """
         if final_alpha not in FINAL_ALPHAS:
             raise ValueError(f"final_alpha must be one of {FINAL_ALPHAS}, got {final_alpha!r}")
-        t = self._explicit(timesteps)
+        t = explicit_timesteps(timesteps, self.num_train_timesteps)
         a_t = self._alphas_cumprod[t]
         a = self._alphas_cumprod
         last = a.new_ones(1) if final_alpha == "one" else a[:1]
@@ -328,8 +273,6 @@ class NoiseSchedule:
 
     def sigma(self, t: int, t_prev: int, eta: float = 1.0) -> float:
         """σ_t(η) between training steps ``t`` and ``t_prev`` (< t; -1 means ᾱ_prev = 1)."""
-        from .step import ddim_sigma
-
         a = self.alpha_bar([t, t_prev])
         if not t_prev < t:
             raise ValueError(f"t_prev must be smaller than t, got t={t}, t_prev={t_prev}")
@@ -352,14 +295,3 @@ def _float64(values: Any, name: str) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values, dtype=np.float64))
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be a sequence of numbers, got {values!r:.60}") from err
-
-
-def _make_strict(grid: list[int], T: int) -> list[int]:
-    """Increasing integers with repeats pushed up by one, capped from the top at T-1."""
-    out = list(grid)
-    for i in range(1, len(out)):
-        out[i] = max(out[i], out[i - 1] + 1)
-    out[-1] = min(out[-1], T - 1)
-    for i in range(len(out) - 2, -1, -1):
-        out[i] = min(out[i], out[i + 1] - 1)
-    return out
