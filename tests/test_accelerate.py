@@ -49,6 +49,7 @@ def test_bf16_autocast_within_its_stated_tolerance(digits):
     assert _max_rel(out, ddim.sample(digits, 10, x_T=x_T)) <= 0.1  # after 10 steps
 
 
+@pytest.mark.slow
 def test_compile_matches_eager():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.SiLU(),
                               torch.nn.Conv2d(4, 1, 3, padding=1)).eval()

@@ -17,6 +17,7 @@ def _run(name, cwd, **env):
                                                        **env})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,output", [("quickstart.py", "quickstart.png"),
                                          ("eta_steps_grid.py", "eta_steps_grid.png"),
                                          ("inversion.py", "inversion.png"),
