@@ -55,8 +55,8 @@ def inversion(rows: dict) -> list[str]:
 
 
 def _mse(model, x0: torch.Tensor, steps: int, **kw) -> float:
-    x_T = ddim.invert(model, x0, steps, **kw)
-    return (ddim.sample(model, steps, x_T=x_T) - x0).square().mean().item()
+    x_T = ddim.invert(model, x0, steps, spacing="leading", **kw)
+    return (ddim.sample(model, steps, x_T=x_T, spacing="leading") - x0).square().mean().item()
 
 
 def guidance(rows: dict, n: int) -> list[str]:
@@ -70,7 +70,8 @@ def guidance(rows: dict, n: int) -> list[str]:
         start = time.perf_counter()
         gens = [torch.Generator().manual_seed(i) for i in range(len(labels))]
         x = ddim.sample(model, 50, class_labels=labels, guidance_scale=w, generator=gens,
-                        batch_size=len(labels), max_batch_size=500).clamp(-1, 1)
+                        batch_size=len(labels), max_batch_size=500,
+                        spacing="leading").clamp(-1, 1)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             acc = (clf(x).argmax(1) == labels).float().mean().item()
@@ -95,7 +96,8 @@ def inpainting(rows: dict) -> list[str]:
         masked = (clf(x0 * mask - (1 - mask)).argmax(1) == y).float().mean().item()
     for rounds in (0, 2):
         gens = [torch.Generator().manual_seed(i) for i in range(len(x0))]
-        filled = ddim.inpaint(model, x0, mask, 50, resample=rounds, generator=gens)
+        filled = ddim.inpaint(model, x0, mask, 50, resample=rounds, generator=gens,
+                              spacing="leading")
         with torch.no_grad():
             acc = (clf(filled.clamp(-1, 1)).argmax(1) == y).float().mean().item()
         known = (filled - x0)[..., :4].abs().max().item()

@@ -54,6 +54,8 @@ PAPER_CIFAR10 = {  # Song et al. 2021, Table 1 (CIFAR10 FID) and Table 2 (invers
 }
 PAPER_INVERSION = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009}
 
+SPACING = "leading"  # the paper's uniform grid i·T/S (section 4.2)
+
 
 def plan(n: int) -> list[dict]:
     """Every cell, most informative first (the 1000-step cells are the expensive ones)."""
@@ -100,7 +102,7 @@ class Lab:
             gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(lo, hi)]
             kw = dict(sigma_hat=True) if eta == "hat" else dict(eta=float(eta))
             out.append(ddim.sample(self.model, steps, batch_size=hi - lo, generator=gens,
-                                   progress=progress, **kw))
+                                   progress=progress, spacing=SPACING, **kw))
         return torch.cat(out)
 
     def run(self, cell: dict, progress: bool) -> dict:
@@ -112,14 +114,16 @@ class Lab:
             return dict(fd=fd, seconds=seconds, images_per_second=cell["n"] / seconds)
         if cell["kind"] == "inversion":
             x0 = self.heldout
-            x_T = ddim.invert(self.model, x0, cell["steps"], progress=progress)
-            back = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress)
+            x_T = ddim.invert(self.model, x0, cell["steps"], progress=progress, spacing=SPACING)
+            back = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress,
+                               spacing=SPACING)
             return dict(mse=(back - x0).square().mean().item(), n=len(x0),
                         seconds=time.perf_counter() - start)
         if cell["kind"] == "consistency":
             x_T = torch.randn(cell["n"], 1, 8, 8, generator=torch.Generator().manual_seed(0))
             ref = self._reference_1000(x_T, progress)
-            x = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress)
+            x = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress,
+                            spacing=SPACING)
             return dict(mse=(x - ref).square().mean().item(), seconds=time.perf_counter() - start)
         raise ValueError(f"unknown cell kind {cell['kind']!r}")
 
@@ -129,7 +133,7 @@ class Lab:
             saved = torch.load(path)
             if torch.equal(saved["x_T"], x_T):
                 return saved["x0"]
-        x0 = ddim.sample(self.model, 1000, x_T=x_T, progress=progress)
+        x0 = ddim.sample(self.model, 1000, x_T=x_T, progress=progress, spacing=SPACING)
         atomic_write(path, lambda f: torch.save({"x_T": x_T, "x0": x0}, f))
         return x0
 

@@ -52,7 +52,8 @@ def x_T():
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_leading_grid_all_prediction_types(tiny_unet, x_T, steps, eta, prediction_type):
     ref = _reference(tiny_unet, x_T, steps, eta, 7, prediction_type=prediction_type)
-    ours = _ours(tiny_unet, x_T, steps, eta, 7, prediction_type=prediction_type)
+    ours = _ours(tiny_unet, x_T, steps, eta, 7, prediction_type=prediction_type,
+                 spacing="leading")
     _assert_trajectories_agree(ref, ours)
 
 

@@ -48,11 +48,13 @@ def test_img2img_strength_ends():
     image = _image()
     assert torch.equal(ddim.img2img(MODEL, image, 0.0, 10), image)
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    full = ddim.img2img(MODEL, image, 1.0, 10, generator=g())
     z = torch.randn(image.shape, generator=g()).double()  # noise is drawn in float32
-    a = SCHED.alphas_cumprod[SCHED.timesteps(10)[0]]
-    ref = ddim.sample(MODEL, 10, x_T=a.sqrt() * image + (1 - a).sqrt() * z)
-    torch.testing.assert_close(full, ref)
+    a = SCHED.alphas_cumprod[999]  # strength 1: from t = T-1 whatever the spacing
+    grids = {"trailing": list(range(999, 0, -100)), "leading": [999, *range(900, -1, -100)]}
+    for spacing, grid in grids.items():
+        full = ddim.img2img(MODEL, image, 1.0, 10, generator=g(), spacing=spacing)
+        ref = ddim.sample(MODEL, x_T=a.sqrt() * image + (1 - a).sqrt() * z, timesteps=grid)
+        torch.testing.assert_close(full, ref)
 
 
 def test_img2img_stays_closer_to_the_image_at_low_strength():

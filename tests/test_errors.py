@@ -6,6 +6,7 @@ one CPU core.
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -137,9 +138,10 @@ def test_leading_offset_grid_leaves_range(x_T):
                r"outside \[0, 999\]; use steps <= 999")
     _raises(ValueError, pattern, NoiseSchedule.linear().timesteps, 1000, "leading",
             steps_offset=1)
-    _raises(ValueError, pattern, ddim.sample, zeros_model, 1000, x_T=x_T, steps_offset=1)
+    _raises(ValueError, pattern, ddim.sample, zeros_model, 1000, x_T=x_T, steps_offset=1,
+            spacing="leading")
     # one step fewer fits: the grid ends at T-1
-    assert NoiseSchedule.linear().timesteps(999, steps_offset=1)[0].item() == 999
+    assert NoiseSchedule.linear().timesteps(999, "leading", steps_offset=1)[0].item() == 999
 
 
 # --------------------------------------------------------------------------- explicit timesteps
@@ -281,8 +283,9 @@ def test_model_output_wrong_shape(out_shape, x_T):
     pattern = (rf"model output at step 0 \(t={grid[0]}\) has shape \({shp}\), expected the "
                r"input's shape \(2, 1, 2, 2\)")
     _raises(ValueError, pattern, ddim.sample, model, 3, x_T=x_T)
-    _raises(ValueError, pattern.replace("step 0", "step 2").replace(f"t={grid[0]}", "t=0"),
-            ddim.invert, model, x_T, 3)  # the inverter calls the model at t=0 first
+    _raises(ValueError, pattern.replace("step 0", "step 2").replace(f"t={grid[0]}",
+                                                                   f"t={grid[-1]}"),
+            ddim.invert, model, x_T, 3)  # the inverter calls the model at the last t first
 
 
 def test_model_output_wrong_shape_at_later_step(x_T):
@@ -543,16 +546,21 @@ def test_sigma_bad_timesteps():
 
 
 # --------------------------------------------------------------------------- x0 processing
-def test_clip_sample_bool_is_refused(x_T):
-    # diffusers' clip_sample=True is a flag; ours is the range, so a bool is a type error
-    _raises(TypeError, r"clip_sample must be None or a positive number .*got True \(bool\)",
-            ddim.sample, zeros_model, 3, x_T=x_T, clip_sample=True)
+CLIP_ALLOWED = (r"clip_sample must be None or False \(off\), True \(the model's data range\), "
+                r"a number c > 0 \(\[-c, c\]\) or a pair \(lo, hi\) with lo < hi, got ")
 
 
-@pytest.mark.parametrize("value", [0, 0.0, -1.0, math.nan])
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, math.nan, math.inf, (1.0, 0.0), (0.0, 0.0),
+                                   (0.0, math.inf), (math.nan, 1.0)])
 def test_bad_clip_sample(value, x_T):
-    _raises(ValueError, rf"clip_sample must be None or a positive number .*got {value!r}",
+    _raises(ValueError, CLIP_ALLOWED + re.escape(repr(value)) + "$",
             ddim.sample, zeros_model, 3, x_T=x_T, clip_sample=value)
+
+
+@pytest.mark.parametrize("value", ["1", (0.0,), (0.0, 1.0, 2.0), ("0", "1"), (True, 1.0)])
+def test_clip_sample_of_the_wrong_type(value, x_T):
+    _raises(TypeError, CLIP_ALLOWED + re.escape(repr(value)), ddim.sample, zeros_model, 3,
+            x_T=x_T, clip_sample=value)
 
 
 @pytest.mark.parametrize("value", [0, 0.0, 1, 1.0, 1.5, -0.1, math.nan])
@@ -635,10 +643,6 @@ def test_string_timesteps_named_timesteps(x_T):
 def test_batch_size_type_with_x_T(x_T):
     _raises(TypeError, r"batch_size must be an integer", ddim.sample, zeros_model, 3, x_T=x_T,
             batch_size="2")
-
-
-def test_clip_sample_non_number(x_T):
-    _raises(TypeError, r"clip_sample", ddim.sample, zeros_model, 3, x_T=x_T, clip_sample="1")
 
 
 def test_dynamic_threshold_non_number(x_T):

@@ -54,7 +54,8 @@ def test_bundled_model_agrees_with_diffusers_ddim_pipeline(digits):
     for eta in (0.0, 1.0):
         ref = pipe(batch_size=4, num_inference_steps=20, eta=eta, output_type="np",
                    generator=torch.Generator().manual_seed(0)).images
-        x = ddim.sample(digits, 20, eta, batch_size=4, generator=torch.Generator().manual_seed(0))
+        x = ddim.sample(digits, 20, eta, batch_size=4, generator=torch.Generator().manual_seed(0),
+                        spacing="leading")  # DDIMScheduler's default spacing
         ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
         # float32 rounding only (over 20 steps): ddim applies the step as a_x·x + a_out·ε̂,
         # diffusers through x̂0; both lie within ~1e-5 of a float64 run
@@ -89,7 +90,10 @@ def test_bin_weights_are_loaded(tmp_path, saved_pipeline):
     unet.save_pretrained(tmp_path / "binunet", safe_serialization=False)
     bundle = ddim.load_pretrained(tmp_path / "binunet")
     x_T = torch.randn(1, 1, 8, 8)
-    torch.testing.assert_close(ddim.sample(bundle, 3, x_T=x_T), ddim.sample(unet, 3, x_T=x_T))
+    # the loaded copy's forward differs from the original's by ~1e-6 (float32 kernels); a grid
+    # that starts at t=999 would amplify that 1/sqrt(ᾱ_999) = 156 times in x̂0
+    kw = dict(x_T=x_T, spacing="leading")
+    torch.testing.assert_close(ddim.sample(bundle, 3, **kw), ddim.sample(unet, 3, **kw))
 
 
 def test_learned_variance_folder(tmp_path):

@@ -73,7 +73,7 @@ def test_per_sample_generators_make_samples_batch_independent(eta):
 
 def test_single_generator_draws_x_T_like_torch_randn():
     out = list(ddim.sample_iter(lambda x, t: torch.zeros_like(x), 1, shape=(2, 1, 3, 3),
-                                generator=torch.Generator().manual_seed(3)))
+                                generator=torch.Generator().manual_seed(3), spacing="leading"))
     x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(3))
     # with ε=0 and one step to ᾱ_prev=1, x0 = x_T/sqrt(ᾱ_t)
     a = NoiseSchedule.linear().alpha_bar(0).item()

@@ -82,7 +82,8 @@ def test_leading_offset_matches_diffusers_and_refuses_overflow():
 
 def test_known_grids():
     s = NoiseSchedule.linear()
-    assert s.timesteps(10).tolist() == list(range(900, -1, -100))
+    assert s.timesteps(10, "leading").tolist() == list(range(900, -1, -100))
+    assert s.timesteps(10).tolist() == s.timesteps(10, "trailing").tolist()  # the default
     assert s.timesteps(10, "trailing").tolist() == list(range(999, 0, -100))
     assert s.timesteps(3, "trailing").tolist() == [999, 666, 332]
     assert s.timesteps(1, "trailing").tolist() == [999]
@@ -90,7 +91,7 @@ def test_known_grids():
     assert s.timesteps(10, "quad").tolist()[::-1] == [
         i * i * 800 // 81 for i in range(10)]
     # ermongroup's uniform grid runs 334 steps for 300; ours runs 300
-    assert len(s.timesteps(300)) == 300
+    assert len(s.timesteps(300, "leading")) == 300
 
 
 def test_quad_repeats_are_resolved_upwards():

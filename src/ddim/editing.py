@@ -1,9 +1,11 @@
 """Image editing with a pretrained DDPM: image-to-image and inpainting.
 
-- :func:`img2img` (SDEdit with DDIM): noise an image to the level a fraction ``strength`` of
-  the way up the grid, then denoise it with the remaining grid points. strength 0 returns the
-  image, 1 ignores it; with η=0 the result is a deterministic function of the image and the
-  noise drawn once from ``generator``.
+- :func:`img2img` (SDEdit, Meng et al. 2022, with DDIM): noise an image to the level set by
+  ``strength``, then denoise it over the grid points below that level. The level is the
+  same for every spacing and step count (diffusers' ``strength`` counts grid points instead,
+  so with "leading" spacing strength 1 never starts from noise: its issue 7651). strength 0
+  returns the image, 1 starts from t = T-1 (pure noise); with η=0 the result is a
+  deterministic function of the image and the noise drawn once from ``generator``.
 - :func:`inpaint`: fill the pixels where ``mask`` is 0, keep those where it is 1. After every
   step the known pixels are replaced by the known image noised to the step's new level (the
   CompVis scheme); the last step reaches ᾱ = 1, so they come out exactly as given.
@@ -42,8 +44,12 @@ def img2img(
     Args:
         model: as for :func:`ddim.sample`.
         image: (B, C, H, W) images in the model's data range.
-        strength: in [0, 1]; the last round(strength·S) points of the S-step grid are run.
-        steps: S, the full grid's size (default 50).
+        strength: in [0, 1], the noise level to start from: the image is noised to training
+            step t_s = round(strength·(T-1)) (1: t = T-1, pure noise; 0: the image is
+            returned), whatever the spacing and S.
+        steps: S, the size of the full grid (default 50); the points of the S-step grid more
+            than half a grid step (T/(2S)) below t_s are run after t_s itself, about
+            strength·S model calls.
         eta, generator: as for :func:`ddim.sample`; the generator also draws the noise added
             to the image.
         **options: further :func:`ddim.sample` options (schedule, spacing, steps_offset,
@@ -60,13 +66,14 @@ def img2img(
     strength = check_float("strength", strength, low=0.0, high=1.0)
     plan = _plan(model, "img2img", image, dict(options, steps=steps, eta=eta,
                                                 generator=generator))
-    n = round(strength * len(plan.grid))
-    if n == 0:
+    if strength == 0:
         return image.clone().to(plan.x.dtype)
-    first = len(plan.grid) - n
-    a = plan.table.alpha_bar_t[first]
+    T = plan.schedule.num_train_timesteps
+    t_s = round(strength * (T - 1))
+    grid = [t_s, *(t for t in plan.grid if t < t_s - T / (2 * len(plan.grid)))]
+    a = float(plan.schedule.alpha_bar(t_s))
     x_t = math.sqrt(a) * image.to(plan.x.dtype) + math.sqrt(1 - a) * plan.x  # plan.x ~ N(0, I)
-    return run(plan.starting_at(first, x_t))
+    return run(plan.restarted(grid, x_t))
 
 
 def inpaint(
@@ -127,7 +134,7 @@ def inpaint(
                     ratio = a_t / a_prev
                     x = math.sqrt(ratio) * x_prev + math.sqrt(1 - ratio) * fresh()
         x = x_prev
-    probe.check()
+    probe.check(x)
     return x
 
 
@@ -135,7 +142,7 @@ def _plan(model: Any, function: str, image: torch.Tensor, options: dict[str, Any
     """The plan of an edit: x_T of the image's shape, device and (at least float32) dtype."""
     check_keywords(function, options, refused=("x_T", "shape", "batch_size", "max_batch_size"))
     return make_plan(model, SampleOptions(
-        shape=tuple(image.shape), device=image.device,
+        shape=tuple(image.shape), device=image.device, x_name="image",
         dtype=torch.promote_types(image.dtype, torch.float32), **options))
 
 

@@ -17,9 +17,10 @@ import torch
 from ._checks import check_int
 
 SPACINGS = ("leading", "trailing", "linspace", "quad")
+DEFAULT_SPACING = "trailing"  # starts at T-1 for every S: never from a level far below noise
 
 
-def spaced_timesteps(steps: int, T: int, spacing: str = "leading",
+def spaced_timesteps(steps: int, T: int, spacing: str = DEFAULT_SPACING,
                      steps_offset: int = 0) -> torch.Tensor:
     """S timesteps of [0, T) placed by ``spacing``: exactly S distinct ones, decreasing.
 
@@ -30,8 +31,8 @@ def spaced_timesteps(steps: int, T: int, spacing: str = "leading",
 
             - ``leading``: the paper's uniform grid ``i·(T//S) + steps_offset``, i < S
               (starts at T - T//S: for 10 steps at t=900, for 1 step at t=0).
-            - ``trailing``: ``round(T - i·T/S) - 1``, starting at T-1 (pure-ish noise),
-              best for few steps.
+            - ``trailing`` (the default): ``round(T - i·T/S) - 1``, starting at T-1 (pure-ish
+              noise) whatever S is; with few steps the others start far below it.
             - ``linspace``: ``round(i·(T-1)/(S-1))`` from 0 to T-1.
             - ``quad``: the paper's CIFAR10 grid ``floor((i·sqrt(0.8T)/(S-1))²)``, computed
               exactly (floating point can give 799 for the last point). Where the parabola is
@@ -104,6 +105,18 @@ def explicit_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch
         raise ValueError(f"timesteps must be strictly decreasing without repeats; "
                          f"{kind} at positions {i},{i + 1}: {t[i].item()}, {t[i + 1].item()}")
     return t.clone()
+
+
+def refuse_with_explicit_grid(spacing: str | None, steps_offset: int | None) -> None:
+    """An explicit grid is used as given: a spacing or offset next to it would be ignored.
+
+    Raises:
+        ValueError: ``spacing`` or ``steps_offset`` is given (not None).
+    """
+    for name, value in (("spacing", spacing), ("steps_offset", steps_offset)):
+        if value is not None:
+            raise ValueError(f"{name}={value!r} has no effect with explicit timesteps (they are "
+                             f"used as given); pass {name} or timesteps, not both")
 
 
 def _make_strict(grid: list[int], T: int) -> list[int]:

@@ -16,6 +16,7 @@ Conditioning is given as keyword tensors of the network's forward, batch first: 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -120,8 +121,10 @@ def conditioning(
         if uncond is None and null is not None:
             uncond = {"class_labels": torch.full_like(labels, null)}
     if guidance_scale is not None:
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or (
-                not math.isfinite(guidance_scale) or guidance_scale < 0):
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+            raise TypeError(f"guidance_scale must be a finite number >= 0, got "
+                            f"{guidance_scale!r} ({type(guidance_scale).__name__})")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got "
                              f"{guidance_scale!r}")
         if not cond:
@@ -159,8 +162,10 @@ def class_info(model: Any) -> tuple[int | None, int | None]:
 
 def _labels(class_labels: Any, batch_size: int, num_classes: int,
             device: torch.device) -> torch.Tensor:
-    if isinstance(class_labels, int) and not isinstance(class_labels, bool):
-        class_labels = [class_labels] * batch_size
+    if isinstance(class_labels, numbers.Integral) and not isinstance(class_labels, bool):
+        class_labels = [int(class_labels)] * batch_size  # one label (a Python or numpy int)
+    elif isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0:
+        class_labels = class_labels.expand(batch_size)
     labels = torch.as_tensor(class_labels)
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
         raise ValueError(f"class_labels must be integers of shape ({batch_size},), got "

@@ -44,8 +44,8 @@ def invert(
     tol: float = 1e-5,
     anderson: int = 2,
     schedule: NoiseSchedule | None = None,
-    spacing: str = "leading",
-    steps_offset: int = 0,
+    spacing: str | None = None,
+    steps_offset: int | None = None,
     timesteps: Sequence[int] | torch.Tensor | None = None,
     final_alpha: str = "one",
     prediction_type: str | None = None,
@@ -108,7 +108,7 @@ def invert(
                 x_next = solve_fixed_point(lambda y, i=i, j=j, up=up: up(eps_at(y, i, j)),
                                            x_next, max_iters, tol, anderson)
         x = x_next
-    probe.check()
+    probe.check(x)
     return x
 
 

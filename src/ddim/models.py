@@ -14,6 +14,7 @@ prediction type). Accepted as well, and adapted here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,6 +87,45 @@ def model_sample_shape(model: Any) -> tuple[int, ...] | None:
     return None
 
 
+def check_sample_shape(model: Any, shape: Sequence[int], name: str = "x_T") -> None:
+    """Refuse a sample shape the model cannot take, before any model call.
+
+    What is checked comes from the model: a bundle's ``sample_shape`` or a diffusers UNet's
+    config (``in_channels``, ``sample_size``, ``down_block_types``). The channels must match.
+    The spatial size may differ from the trained one only for a fully convolutional diffusers
+    UNet, and then it must be divisible by 2^(down blocks - 1). Plain callables declare
+    nothing and are not checked.
+
+    Raises:
+        ValueError: naming ``name``, its shape and the expected one.
+    """
+    declared = model_sample_shape(model)
+    if declared is None:
+        return
+    shape = tuple(shape)
+    expected = f"(B, {', '.join(map(str, declared))})"
+    if len(shape) != len(declared) + 1 or shape[1] != declared[0]:
+        raise ValueError(f"{name} has shape {shape} but the model takes samples of shape "
+                         f"{expected}")
+    if shape[2:] == declared[1:]:
+        return
+    config = _unet_config(model)
+    blocks = config.get("down_block_types") if config is not None else None
+    if not blocks:
+        raise ValueError(f"{name} has shape {shape} but the model takes samples of shape "
+                         f"{expected} (it declares no other size)")
+    factor = 2 ** (len(blocks) - 1)
+    if any(size % factor for size in shape[2:]):
+        raise ValueError(f"{name} has shape {shape}: this UNet takes any spatial size divisible "
+                         f"by {factor} (its {len(blocks)} down blocks), trained at {expected}")
+
+
+def _unet_config(model: Any) -> Any:
+    network = getattr(model, "model", model)
+    config = getattr(network, "config", None)
+    return config if config is not None and hasattr(config, "get") else None
+
+
 def fit_output(out: torch.Tensor, x: torch.Tensor, step: int, t: int) -> torch.Tensor:
     """Check a model output against x's shape; take the first C of 2C (learned variance)."""
     if out.shape == x.shape:
@@ -115,9 +155,11 @@ class NonFiniteError(ValueError):
 class OutputProbe:
     """Watches the model's outputs for NaN and inf without synchronising with the device.
 
-    ``record(j, out)`` stores a sum of call j's output in a preallocated tensor on the
-    device (NaN and inf survive a sum); ``check()`` looks at all of them at once, the one host
-    sync of a sampling call, and raises :class:`NonFiniteError` naming the first bad call.
+    ``record(j, out)`` stores max|out| of call j in a preallocated float64 tensor on the
+    device (NaN propagates through the max, inf is its own max, and a large finite output
+    stays finite, unlike a float32 sum); ``check(result)`` looks at all of them at once, the
+    one host sync of a sampling call, and raises :class:`NonFiniteError` naming the first bad
+    call, or, when every output was finite, if the result itself is not (an overflow).
 
     Args:
         timesteps: the training timestep of each call, in call order (for the message).
@@ -126,18 +168,27 @@ class OutputProbe:
 
     def __init__(self, timesteps: Sequence[int], device: torch.device) -> None:
         self.timesteps = list(timesteps)
-        self.sums = torch.empty(len(self.timesteps), dtype=torch.float32, device=device)
+        self.maxima = torch.empty(len(self.timesteps) + 1, dtype=torch.float64, device=device)
 
     def record(self, j: int, out: torch.Tensor) -> None:
         """Note call j's output (no sync)."""
-        self.sums[j] = out.sum(dtype=torch.float32)
+        self.maxima[j] = torch.linalg.vector_norm(out, ord=math.inf)
 
-    def check(self) -> None:
-        """Raise :class:`NonFiniteError` if any recorded output held NaN or inf."""
-        bad = ~torch.isfinite(self.sums)
-        if bad.any():
-            j = int(bad.nonzero()[0])
+    def check(self, result: torch.Tensor | None = None) -> None:
+        """Raise :class:`NonFiniteError` if a recorded output (or ``result``) is not finite."""
+        if result is not None:
+            self.maxima[-1] = torch.linalg.vector_norm(result, ord=math.inf)
+        bad = ~torch.isfinite(self.maxima)
+        if not bad.any():
+            return
+        j = int(bad.nonzero()[0])
+        if j < len(self.timesteps):
             t = int(self.timesteps[j])
             raise NonFiniteError(
                 f"the model returned NaN or inf at step {j} (t={t}); check the model, its "
                 "dtype (fp16 overflow?) and its input range", step=j, timestep=t)
+        top = float(self.maxima[:-1].max()) if len(self.timesteps) else 0.0
+        raise NonFiniteError(
+            f"the sample overflowed to inf (the model's outputs were finite, up to {top:.3g} "
+            "in size); check the model and its input range", step=j - 1,
+            timestep=int(self.timesteps[-1]))

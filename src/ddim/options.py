@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from ._checks import check_bool, check_choice, check_device, check_eta, check_int
-from .grid import SPACINGS
+from .grid import SPACINGS, refuse_with_explicit_grid
 from .noise import Generators, check_generator_list
 from .schedule import FINAL_ALPHAS, NoiseSchedule
 from .step import PREDICTION_TYPES
+from .thresholding import ClipSample, clip_range
 
 DEFAULT_STEPS = 50
 SOLVERS = ("ddim",)
@@ -44,13 +45,13 @@ class SampleOptions:
     eta: float = 0.0
     solver: str = "ddim"
     schedule: NoiseSchedule | None = None
-    spacing: str = "leading"
-    steps_offset: int = 0
+    spacing: str | None = None
+    steps_offset: int | None = None
     timesteps: Sequence[int] | torch.Tensor | None = None
     final_alpha: str = "one"
     sigma_hat: bool = False
     prediction_type: str | None = None
-    clip_sample: float | None = None
+    clip_sample: ClipSample = None
     dynamic_threshold: float | None = None
     dynamic_threshold_max: float = 1.0
     rederive_eps: bool = False
@@ -76,6 +77,8 @@ class SampleOptions:
                 object.__setattr__(self, f.name, check(self, getattr(self, f.name)))
         _check_x0_options(self.clip_sample, self.dynamic_threshold, self.dynamic_threshold_max)
         _check_batch(self)
+        if self.timesteps is not None:
+            refuse_with_explicit_grid(self.spacing, self.steps_offset)
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> SampleOptions:
@@ -166,7 +169,7 @@ _CHECKS: dict[str, Callable[[SampleOptions, Any], Any]] = {
     "eta": lambda o, v: check_eta(v),
     "solver": lambda o, v: check_choice("solver", v, SOLVERS),
     "schedule": _schedule,
-    "spacing": lambda o, v: check_choice("spacing", v, SPACINGS),
+    "spacing": _optional_choice("spacing", SPACINGS),
     "timesteps": _timesteps,
     "final_alpha": lambda o, v: check_choice("final_alpha", v, FINAL_ALPHAS),
     "sigma_hat": lambda o, v: check_bool("sigma_hat", v),
@@ -199,14 +202,13 @@ def _check_batch(o: SampleOptions) -> None:
 
 def _check_x0_options(clip_sample: Any, dynamic_threshold: Any,
                       dynamic_threshold_max: Any) -> None:
+    clip_range(clip_sample)
     checks = [
-        ("clip_sample", clip_sample, 0, math.inf, "None or a positive number (the x0 range, "
-         "e.g. 1.0)"),
         ("dynamic_threshold", dynamic_threshold, 0, 1, "a quantile in (0, 1), e.g. 0.995"),
         ("dynamic_threshold_max", dynamic_threshold_max, 1, math.inf, ">= 1"),
     ]
     for name, value, low, high, allowed in checks:
-        if value is None and name != "dynamic_threshold_max":
+        if value is None and name == "dynamic_threshold":
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")

@@ -20,12 +20,22 @@ import torch
 
 from . import noise as _noise
 from ._checks import check_choice, check_int
+from .grid import DEFAULT_SPACING
 from .guidance import Conditioning, conditioning
-from .models import ModelFn, as_model_fn, fit_output, model_device_dtype, model_sample_shape
+from .models import (
+    ModelFn,
+    as_model_fn,
+    check_sample_shape,
+    fit_output,
+    model_device_dtype,
+    model_sample_shape,
+)
 from .options import DEFAULT_STEPS, SampleOptions
 from .prediction import PREDICTION_TYPES
 from .schedule import NoiseSchedule, default_schedule
+from .step import max_eta
 from .steppers import DDIMStepper, ddim_coefficients
+from .thresholding import clip_range
 
 
 @dataclass(frozen=True)
@@ -75,19 +85,21 @@ class Plan:
         o = self.options
         noise = (_noise.NoiseSource(self.x.shape, self.generator, self.x.device, self.x.dtype)
                  if any(c.c_noise > 0 for c in self.table.coefficients) else None)
-        x0_options = dict(clip_sample=o.clip_sample, dynamic_threshold=o.dynamic_threshold,
+        bounds = clip_range(o.clip_sample, getattr(self.model, "data_range", (-1.0, 1.0)))
+        x0_options = dict(clip_sample=bounds, dynamic_threshold=o.dynamic_threshold,
                           dynamic_threshold_max=o.dynamic_threshold_max,
                           rederive_eps=o.rederive_eps)
         return DDIMStepper(self.table.coefficients, self.table.alpha_bar_t,
                            self.prediction_type, x0_options, noise)
 
-    def starting_at(self, first: int, x: torch.Tensor) -> Plan:
-        """The plan of the grid's points ``first``, ``first + 1``, ... run from ``x`` (for
-        image-to-image: x is the image noised to the level of that point)."""
+    def restarted(self, grid: Sequence[int], x: torch.Tensor) -> Plan:
+        """This plan on another grid (strictly decreasing timesteps), run from ``x`` (for
+        image-to-image: x is the image noised to the level of the grid's first point)."""
         o = self.options
-        table = step_table(self.schedule, ("explicit", self.table.grid[first:]), o.final_alpha,
-                       o.eta, o.sigma_hat, self.prediction_type, _fuse(o))
-        return replace(self, table=table, x=x, t_grid=self.t_grid[first:])
+        table = step_table(self.schedule, ("explicit", tuple(grid)), o.final_alpha, o.eta,
+                           o.sigma_hat, self.prediction_type, _fuse(o))
+        t_grid = torch.tensor(table.grid, dtype=torch.int64, device=x.device)
+        return replace(self, table=table, x=x, t_grid=t_grid)
 
     def rows(self, part: slice) -> Plan:
         """The plan of samples ``part`` of the batch (for chunked sampling): the same grid,
@@ -118,11 +130,13 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
                         f"{type(schedule).__name__}")
     ptype = o.prediction_type or getattr(model, "prediction_type", None) or "epsilon"
     check_choice("prediction_type", ptype, PREDICTION_TYPES)
-    table = step_table(schedule, _grid_key(o, schedule), o.final_alpha, o.eta, o.sigma_hat, ptype,
-                   _fuse(o))
+    table = step_table(schedule, _grid_key(o, schedule), o.final_alpha, o.eta, o.sigma_hat,
+                       ptype, _fuse(o))
 
     model_device, model_dtype = model_device_dtype(model)
     x = _initial_sample(model, o, model_device)
+    check_sample_shape(model, x.shape, "shape" if o.x_T is None and o.x_name == "x_T" else
+                       o.x_name)
     _noise.check_generator_device(o.generator, x.device)
     cond = conditioning(model, x.shape[0], x.device, class_labels=o.class_labels,
                         guidance_scale=o.guidance_scale, model_kwargs=o.model_kwargs,
@@ -136,7 +150,7 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
 
 def _fuse(o: SampleOptions) -> bool:
     """Whether DDIM steps may run fused: only when x̂0 is not processed."""
-    return o.clip_sample is None and o.dynamic_threshold is None
+    return clip_range(o.clip_sample) is None and o.dynamic_threshold is None
 
 
 def _grid_key(o: SampleOptions, schedule: NoiseSchedule) -> tuple:
@@ -149,15 +163,24 @@ def _grid_key(o: SampleOptions, schedule: NoiseSchedule) -> tuple:
                              "pass one of them")
         return ("explicit", grid)
     steps = DEFAULT_STEPS if o.steps is None else check_int("steps", o.steps, low=1, high=T)
-    offset = check_int("steps_offset", o.steps_offset, low=0, high=T - 1)
-    return ("spaced", steps, o.spacing, offset)
+    offset = 0 if o.steps_offset is None else check_int("steps_offset", o.steps_offset, low=0,
+                                                          high=T - 1)
+    return ("spaced", steps, o.spacing or DEFAULT_SPACING, offset)
 
 
 @functools.lru_cache(maxsize=64)
 def step_table(schedule: NoiseSchedule, grid_key: tuple, final_alpha: str, eta: float,
-           sigma_hat: bool, prediction_type: str, fuse: bool) -> StepTable:
+               sigma_hat: bool, prediction_type: str, fuse: bool) -> StepTable:
     """The grid's levels and coefficients in float64, memoised: a pure function of immutable
-    arguments (the schedule hashes its ᾱ), so repeated calls with one setup skip ≈300 µs."""
+    arguments (the schedule hashes its ᾱ), so repeated calls with one setup skip ≈300 µs.
+
+    ``grid_key`` is ``("spaced", S, spacing, steps_offset)`` or ``("explicit", timesteps)``.
+
+    Raises:
+        ValueError: zero terminal SNR on the grid with ε-prediction; an η whose noise σ_t²
+            would exceed 1-ᾱ_prev somewhere on the grid (the message names the largest η
+            the grid allows).
+    """
     if grid_key[0] == "explicit":
         grid = torch.tensor(grid_key[1], dtype=torch.int64)
     else:
@@ -171,6 +194,15 @@ def step_table(schedule: NoiseSchedule, grid_key: tuple, final_alpha: str, eta: 
             "sqrt(ᾱ) divides by zero at the first step; use a v_prediction or sample model, "
             "or a grid that does not include that step"
         )
+    if not sigma_hat and eta > 1:  # η <= 1 always fits; above, σ_t² may exceed 1-ᾱ_prev
+        limit = max_eta(a_t, a_prev)
+        if eta > float(limit.min()) * (1 + 1e-12):
+            i = int(limit.argmin())
+            raise ValueError(
+                f"eta={eta:g} is too large for this grid: at step {i} (t={int(grid[i])}) its "
+                f"noise σ_t² would exceed 1-ᾱ_prev, the whole variance of the next level; the "
+                f"largest eta this grid allows is {float(limit.min()):.6g} (the paper's η lies "
+                "in [0, 1]; sigma_hat=True gives DDPM's larger variance)")
     coefficients = ddim_coefficients(a_t, a_prev, eta, sigma_hat, prediction_type, fuse)
     return StepTable(tuple(grid.tolist()), tuple(a_t.tolist()), tuple(a_prev.tolist()),
                      coefficients)

@@ -34,7 +34,8 @@ def predict_x0_eps(
     """(x̂0, ε̂) from the model output, both derived from it whatever it predicts.
 
     - ``epsilon``: ε̂ = out, x̂0 = (x_t - sqrt(1-ᾱ_t)·ε̂)/sqrt(ᾱ_t) (eq. 9)
-    - ``sample``: x̂0 = out, ε̂ = (x_t - sqrt(ᾱ_t)·x̂0)/sqrt(1-ᾱ_t)
+    - ``sample``: x̂0 = out, ε̂ = (x_t - sqrt(ᾱ_t)·x̂0)/sqrt(1-ᾱ_t); at ᾱ_t = 1 (a noise-free
+      level) x_t carries no noise and ε̂ is defined as 0, never 0/0
     - ``v_prediction``: x̂0 = sqrt(ᾱ_t)·x_t - sqrt(1-ᾱ_t)·v, ε̂ = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·x_t
 
     ``alpha_bar_t`` is a float or a tensor broadcastable against x_t from the left
@@ -50,7 +51,11 @@ def predict_x0_eps(
             return torch.add(x_t, model_output, alpha=-s1a).div_(sa), model_output
         return (x_t - s1a * model_output) / sa, model_output
     if prediction_type == "sample":
-        return model_output, (x_t - sa * model_output) / s1a
+        if isinstance(a, float):
+            eps = (x_t - sa * model_output) / s1a if s1a > 0 else torch.zeros_like(x_t)
+        else:
+            eps = torch.where(s1a > 0, (x_t - sa * model_output) / s1a, 0.0)
+        return model_output, eps
     if prediction_type == "v_prediction":
         return sa * x_t - s1a * model_output, sa * model_output + s1a * x_t
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -71,8 +76,10 @@ def output_coefficients(
     zero, one = _constant(0.0, alpha_bar_t), _constant(1.0, alpha_bar_t)
     if prediction_type == "epsilon":  # ε̂ = out; x̂0 by eq. 9
         return OutputCoefficients(x0_x=1 / sa, x0_out=-s1a / sa, eps_x=zero, eps_out=one)
-    if prediction_type == "sample":  # x̂0 = out; ε̂ by eq. 9 solved for ε
-        return OutputCoefficients(x0_x=zero, x0_out=one, eps_x=1 / s1a, eps_out=-sa / s1a)
+    if prediction_type == "sample":  # x̂0 = out; ε̂ by eq. 9 solved for ε (0 where ᾱ = 1)
+        inv = (torch.where(s1a > 0, 1 / s1a, 0.0) if isinstance(s1a, torch.Tensor)
+               else 1 / s1a if s1a > 0 else 0.0)
+        return OutputCoefficients(x0_x=zero, x0_out=one, eps_x=inv, eps_out=-sa * inv)
     if prediction_type == "v_prediction":  # v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·x0 (Salimans & Ho 2022)
         return OutputCoefficients(x0_x=sa, x0_out=-s1a, eps_x=s1a, eps_out=sa)
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")

@@ -20,6 +20,7 @@ from .noise import Generators
 from .options import DEFAULT_STEPS, Callback, SampleOptions  # noqa: F401 (re-exported)
 from .plan import Plan, make_plan
 from .schedule import NoiseSchedule
+from .thresholding import ClipSample
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,14 @@ def sample(
     shape: Sequence[int] | None = None,
     batch_size: int | None = None,
     schedule: NoiseSchedule | None = None,
-    spacing: str = "leading",
-    steps_offset: int = 0,
+    spacing: str | None = None,
+    steps_offset: int | None = None,
     timesteps: Sequence[int] | torch.Tensor | None = None,
     final_alpha: str = "one",
     sigma_hat: bool = False,
     generator: Generators = None,
     prediction_type: str | None = None,
-    clip_sample: float | None = None,
+    clip_sample: ClipSample = None,
     dynamic_threshold: float | None = None,
     dynamic_threshold_max: float = 1.0,
     rederive_eps: bool = False,
@@ -84,10 +85,13 @@ def sample(
         batch_size: B when neither x_T nor shape is given (shape from the model; default 1).
         schedule: a :class:`NoiseSchedule`; default the model bundle's, else the DDPM linear
             schedule (T=1000, β 1e-4..0.02) that the ``google/ddpm-*`` checkpoints use.
-        spacing: ``leading`` (paper, default), ``trailing`` (best with few steps),
-            ``linspace`` or ``quad``; see :meth:`NoiseSchedule.timesteps`.
-        steps_offset: shift of the ``leading`` grid (diffusers' ``steps_offset``).
-        timesteps: an explicit strictly decreasing grid instead of steps/spacing.
+        spacing: where the S steps go (:func:`ddim.grid.spaced_timesteps`): ``trailing``
+            (default: starts at T-1, from pure noise, for every S), ``leading`` (the paper's
+            uniform grid i·T/S: 10 steps start at t=900, 1 step at t=0), ``linspace`` or
+            ``quad`` (the paper's CIFAR10 grid).
+        steps_offset: shift of the ``leading`` grid (diffusers' ``steps_offset``; default 0).
+        timesteps: an explicit strictly decreasing grid, used as given, instead of
+            steps/spacing/steps_offset (giving those too is refused).
         final_alpha: ᾱ after the last grid point: ``one`` (default, returns x̂0) or ``first``
             (ᾱ_0, as diffusers' ``set_alpha_to_one=False`` and CompVis).
         sigma_hat: use the paper's σ̂ noise (DDPM's larger variance); ``eta`` is then unused.
@@ -95,7 +99,9 @@ def sample(
             B generators, one per sample (results then independent of the batch).
         prediction_type: ``epsilon``, ``sample`` or ``v_prediction`` (default: the bundle's,
             else ``epsilon``).
-        clip_sample: clamp x̂0 to [-clip_sample, clip_sample] (off by default, as the paper).
+        clip_sample: clip x̂0 (off by default, as in the paper): True clips to the model's
+            data range (a bundle's ``data_range``, else [-1, 1]), a number c to [-c, c], a
+            pair (lo, hi) to that range.
         dynamic_threshold, dynamic_threshold_max: Imagen's dynamic thresholding of x̂0.
         rederive_eps: recompute ε̂ from the processed x̂0 (diffusers' use_clipped_model_output).
         class_labels: int64 (B,) labels (or one int) for a class-conditional model.
@@ -136,14 +142,14 @@ def sample_iter(
     shape: Sequence[int] | None = None,
     batch_size: int | None = None,
     schedule: NoiseSchedule | None = None,
-    spacing: str = "leading",
-    steps_offset: int = 0,
+    spacing: str | None = None,
+    steps_offset: int | None = None,
     timesteps: Sequence[int] | torch.Tensor | None = None,
     final_alpha: str = "one",
     sigma_hat: bool = False,
     generator: Generators = None,
     prediction_type: str | None = None,
-    clip_sample: float | None = None,
+    clip_sample: ClipSample = None,
     dynamic_threshold: float | None = None,
     dynamic_threshold_max: float = 1.0,
     rederive_eps: bool = False,
@@ -196,7 +202,7 @@ def loop(plan: Plan, details: bool) -> Iterator[SampleStep]:
         if callback is not None:
             callback(i, grid[i], x, pred_x0)
         yield SampleStep(i, grid[i], x, pred_x0, pred_eps)
-    probe.check()
+    probe.check(x)
 
 
 def progress_bar(it: Sequence[int], enabled: bool, desc: str) -> Sequence[int]:

@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from ._checks import check_eta, check_int
-from .grid import SPACINGS, explicit_timesteps, spaced_timesteps  # noqa: F401 (re-exported)
+from .grid import (  # noqa: F401 (SPACINGS re-exported)
+    DEFAULT_SPACING,
+    SPACINGS,
+    explicit_timesteps,
+    refuse_with_explicit_grid,
+    spaced_timesteps,
+)
 from .step import ddim_sigma
 
 FINAL_ALPHAS = ("one", "first")
@@ -220,9 +226,9 @@ class NoiseSchedule:
     def timesteps(
         self,
         steps: int | Sequence[int] | torch.Tensor,
-        spacing: str = "leading",
+        spacing: str | None = None,
         *,
-        steps_offset: int = 0,
+        steps_offset: int | None = None,
     ) -> torch.Tensor:
         """The sampling grid τ: exactly ``steps`` distinct, strictly decreasing timesteps.
 
@@ -230,8 +236,9 @@ class NoiseSchedule:
             steps: S, an integer in [1, T] placed by ``spacing`` (see
                 :func:`ddim.grid.spaced_timesteps`); or an explicit sequence of timesteps
                 (strictly decreasing integers in [0, T)), returned as given.
-            spacing: ``leading``, ``trailing``, ``linspace`` or ``quad``.
-            steps_offset: added to every ``leading`` point (diffusers' ``steps_offset``).
+            spacing: ``trailing`` (default), ``leading``, ``linspace`` or ``quad``.
+            steps_offset: added to every ``leading`` point (diffusers' ``steps_offset``;
+                default 0).
 
         Returns:
             int64 CPU tensor of shape (S,), strictly decreasing, values in [0, T).
@@ -241,8 +248,9 @@ class NoiseSchedule:
         """
         T = self.num_train_timesteps
         if isinstance(steps, (Sequence, torch.Tensor)) and not isinstance(steps, str):
+            refuse_with_explicit_grid(spacing, steps_offset)
             return explicit_timesteps(steps, T)
-        return spaced_timesteps(steps, T, spacing, steps_offset)
+        return spaced_timesteps(steps, T, spacing or DEFAULT_SPACING, steps_offset or 0)
 
     # ------------------------------------------------------------------ per-step values
     def alpha_bar(self, timesteps: torch.Tensor | Sequence[int] | int) -> torch.Tensor:

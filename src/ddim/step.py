@@ -33,7 +33,7 @@ from .prediction import (
     predict_x0_eps,
     sqrt,
 )
-from .thresholding import process_x0
+from .thresholding import ClipSample, process_x0
 
 
 class StepOutput(NamedTuple):
@@ -78,6 +78,24 @@ def ddim_sigma(alpha_bar_t: Scalar, alpha_bar_prev: Scalar, eta: float) -> Scala
     if eta == 0 or a_t >= 1 or a_p >= 1:  # deterministic, or one end is the clean sample
         return 0.0
     return eta * math.sqrt(max((1 - a_p) / (1 - a_t) * (1 - a_t / a_p), 0.0))
+
+
+def max_eta(alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor) -> torch.Tensor:
+    """The largest η for which eq. 12 is defined: σ_t(η)² <= 1-ᾱ_prev, per step.
+
+    η_max² = (1-ᾱ_t)/(1-ᾱ_t/ᾱ_prev), always > 1 (so η in [0, 1] is always allowed); +inf
+    where ᾱ_prev = 1 (no noise is added on the step that returns x̂0).
+
+    Args:
+        alpha_bar_t, alpha_bar_prev: float64 tensors of shape (S,), ᾱ_prev > ᾱ_t.
+
+    Returns:
+        float64 tensor of shape (S,).
+    """
+    a_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    a_p = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    gap = 1 - a_t / a_p
+    return torch.where((a_p < 1) & (gap > 0), ((1 - a_t) / gap).sqrt(), math.inf)
 
 
 def ddpm_sigma_hat(alpha_bar_t: Scalar, alpha_bar_prev: Scalar) -> Scalar:
@@ -146,7 +164,7 @@ def ddim_step(
     *,
     sigma_hat: bool = False,
     prediction_type: str = "epsilon",
-    clip_sample: float | None = None,
+    clip_sample: ClipSample = None,
     dynamic_threshold: float | None = None,
     dynamic_threshold_max: float = 1.0,
     rederive_eps: bool = False,
@@ -173,8 +191,8 @@ def ddim_step(
 
     Raises:
         TypeError: x_t or model_output is not a tensor. ValueError: an unknown
-            prediction_type, η < 0, a level outside [0, 1], ᾱ_t = 0 with ε-prediction,
-            mismatched shapes, or noise missing where σ_t > 0.
+            prediction_type, η < 0 or above :func:`max_eta`, a level outside [0, 1], ᾱ_t = 0
+            with ε-prediction, mismatched shapes, or noise missing where σ_t > 0.
     """
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     eta = check_eta(eta)
@@ -191,6 +209,13 @@ def ddim_step(
     if model_output.shape != x_t.shape:
         raise ValueError(f"model_output must have x_t's shape {tuple(x_t.shape)}, "
                          f"got {tuple(model_output.shape)}")
+    if not sigma_hat and eta > 1:
+        limit = float(max_eta(torch.as_tensor(alpha_bar_t, dtype=torch.float64).reshape(-1),
+                              torch.as_tensor(alpha_bar_prev, dtype=torch.float64).reshape(-1)
+                              ).min())
+        if eta > limit * (1 + 1e-12):
+            raise ValueError(f"eta={eta:g} makes σ_t² exceed 1-ᾱ_prev for these levels; the "
+                             f"largest eta they allow is {limit:.6g}")
     coefficients = step_coefficients(alpha_bar_t, alpha_bar_prev, eta, sigma_hat=sigma_hat)
     if _positive(coefficients[2]):
         if noise is None:
@@ -213,7 +238,7 @@ def apply_step(
     noise: torch.Tensor | None = None,
     *,
     prediction_type: str = "epsilon",
-    clip_sample: float | None = None,
+    clip_sample: ClipSample = None,
     dynamic_threshold: float | None = None,
     dynamic_threshold_max: float = 1.0,
     rederive_eps: bool = False,
