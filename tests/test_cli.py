@@ -235,6 +235,7 @@ def test_nan_model_fails_with_status_1(loads, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
+    ["generate", "--num", 2, "--out", "run"],
     ["img2img", "--images", "in.npz", "--strength", 1, "--out", "o.png"],
 ])
 def test_nan_model_fails_with_status_1_in_every_command(argv, loads, capsys, tmp_path,

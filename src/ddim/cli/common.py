@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .. import NonFiniteError, Pretrained, PretrainedError, __version__, load_pretrained
 from ..images import save_image_grid, save_npz, to_uint8
+from ..shards import RunMismatchError
 
 PROG = "ddim"
 EXIT_USAGE = 2  # bad arguments (argparse's convention)
@@ -53,9 +54,11 @@ def library_error(err: Exception, where: str = "") -> CliError:
 
     Status 1 for a failed run (OSError: a file could not be written; NonFiniteError: the model
     returned NaN or inf), 2 for anything else (arguments the library refused). OSErrors show
-    their reason only.
+    their reason only; a :class:`ddim.shards.RunMismatchError` names ``--overwrite``.
     """
-    if isinstance(err, OSError) and err.strerror:
+    if isinstance(err, RunMismatchError):
+        message = err.message("--overwrite")
+    elif isinstance(err, OSError) and err.strerror:
         message = err.strerror
     else:
         message = str(err)

@@ -9,10 +9,10 @@ Under torchrun the count must be spelled ``--num-images``: torchrun parses the w
 line with argparse, which reads ``--num`` as an ambiguous abbreviation of torchrun's own
 ``--numa-binding`` and stops. ``-m ddim`` runs ``python -m ddim`` (``ddim/__main__.py``).
 
-The work is done by :func:`ddim.generate.generate` and :func:`ddim.generate.pack`; this module
-parses the command line and reports. An error that every process raises alike (bad arguments,
-a folder that holds another run) is printed once, by rank 0; an error of one process names its
-rank.
+The work is done by :mod:`ddim.generate` (:func:`~ddim.generate.prepare_run`, then
+:func:`~ddim.generate.make_shards`) and :func:`ddim.shards.pack`; this module parses the
+command line and reports. An error that every process raises alike (bad arguments, a folder
+that holds another run) is printed once, by rank 0; an error of one process names its rank.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from ..generate import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SHARD_SIZE,
     GenerateResult,
-    check_world_size,
-    generate,
-    pack,
+    make_shards,
+    prepare_run,
 )
+from ..run_settings import RunSettings, check_world_size
+from ..shards import pack
 from .common import (
     EXIT_INTERRUPTED,
     CliError,
@@ -83,6 +84,12 @@ def run_generate(args: argparse.Namespace) -> int:
     except ValueError as err:
         hint = " (processes: torchrun's --nproc_per_node × --nnodes)"
         return _report_once(library_error(err, hint), rank)
+    try:
+        settings = RunSettings(num=args.num, seed=args.seed, shard_size=args.shard_size,
+                               batch_size=args.batch_size, png=args.png,
+                               **library_options(args, "generate"))
+    except (TypeError, ValueError) as err:
+        return _report_once(library_error(err), rank)
     if args.pack is not None:
         check_output(args.pack, (".npz",), flag="--pack")
     if args.out.exists() and not args.out.is_dir():
@@ -93,15 +100,12 @@ def run_generate(args: argparse.Namespace) -> int:
         with distributed.launch(args.device) as proc:
             bundle = load_model(args.model, proc.device)
             try:
-                result = generate(
-                    bundle, args.out, args.num, seed=args.seed, shard_size=args.shard_size,
-                    batch_size=args.batch_size, device=proc.device, png=args.png,
-                    overwrite=args.overwrite, rank=proc.rank, world_size=proc.world_size,
-                    progress=show_progress, **library_options(args, "generate"))
-            except (TypeError, ValueError, OSError) as err:
-                if getattr(err, "same_on_all_ranks", False):
-                    return _report_once(library_error(err), proc.rank)
-                raise
+                run = prepare_run(bundle, args.out, settings, device=proc.device,
+                                  overwrite=args.overwrite, rank=proc.rank,
+                                  world_size=proc.world_size)
+            except (TypeError, ValueError, OSError) as err:  # alike on every rank
+                return _report_once(library_error(err), proc.rank)
+            result = make_shards(run, progress=show_progress)
             if proc.rank == 0 and args.pack is not None:
                 pack(args.out, args.pack)
     except KeyboardInterrupt:
