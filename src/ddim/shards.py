@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .images import save_npz, save_png
 from .io import atomic_write_text
 from .models import model_device_dtype
