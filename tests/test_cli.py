@@ -8,6 +8,7 @@ In-process tests run ``ddim.cli.main`` on a tiny stand-in bundle (an elementwise
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 
 import ddim
 from ddim import cli, noise
+from ddim.cli import common
 
 
 class Elementwise(torch.nn.Module):
@@ -45,7 +47,7 @@ def loads(monkeypatch):
                                schedule=ddim.NoiseSchedule.linear(), sample_shape=(1, 4, 4),
                                name=name)
 
-    monkeypatch.setattr(cli, "load_pretrained", fake_load)
+    monkeypatch.setattr(common, "load_pretrained", fake_load)
     return calls
 
 
@@ -81,7 +83,7 @@ def test_npz_images_and_metadata(loads, capsys, tmp_path):
     assert data["images"].shape == (6, 4, 4, 1) and data["images"].dtype == np.uint8
     assert {k: data[k].item() for k in ("model", "steps", "eta", "num", "seed", "spacing")} == {
         "model": "tiny", "steps": 3, "eta": 0.5, "num": 6, "seed": 7, "spacing": "trailing"}
-    assert str(data["seed_rule"]) == cli.SEED_RULE
+    assert str(data["seed_rule"]) == noise.SEED_RULE
 
 
 def test_images_do_not_depend_on_batch_size(loads, capsys, tmp_path):
@@ -123,6 +125,22 @@ def test_help_and_version(capsys):
     assert capsys.readouterr().out.strip() == f"ddim {ddim.__version__}"
 
 
+@pytest.mark.parametrize("command", ["sample", "eval", "generate", "invert", "inpaint",
+                                     "img2img"])
+def test_every_subcommand_shows_the_shared_options_with_defaults(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    for fragment in ["--model MODEL bundled model ('digits', 'digits-cond'), diffusers folder "
+                     "or hub id (default: digits)",
+                     "--steps STEPS number of DDIM steps, 1..T", "(default: 50)",
+                     "timestep spacing; trailing suits few steps (default: leading)",
+                     "--seed SEED seed of the run; image i uses seed (seed, i) (default: 0)",
+                     "--device DEVICE torch device, e.g. cpu or cuda:0"]:
+        assert fragment in text, (command, fragment)
+    if command != "invert":  # deterministic: it takes no η
+        assert "η >= 0: 0 deterministic DDIM, 1 DDPM-like (default: 0.0)" in text
+
+
 # ---------------------------------------------------------------------------- errors
 def check_error(capsys, args, status, fragment):
     """main(args) exits with ``status`` after one ``ddim: error:`` line naming ``fragment``."""
@@ -138,11 +156,11 @@ def check_error(capsys, args, status, fragment):
     "args, fragment",
     [
         (["--model", "nope"], "model 'nope' not found"),
-        (["--steps", 0], "steps must be an integer in [1, 1000], got 0"),
+        (["--steps", 0], "argument --steps: must be an integer >= 1, got '0'"),
         (["--steps", 1001], "steps must be an integer in [1, 1000], got 1001"),
-        (["--steps", 2.5], "argument --steps: invalid int value: '2.5'"),
-        (["--eta", -0.5], "eta must be a finite number >= 0.0, got -0.5"),
-        (["--eta", "nan"], "eta must be a finite number"),
+        (["--steps", 2.5], "argument --steps: must be an integer >= 1, got '2.5'"),
+        (["--eta", -0.5], "argument --eta: must be a finite number >= 0, got '-0.5'"),
+        (["--eta", "nan"], "argument --eta: must be a finite number >= 0, got 'nan'"),
         (["--spacing", "uniform"], "argument --spacing: invalid choice: 'uniform'"),
         (["--num", 0], "argument --num: must be an integer >= 1, got '0'"),
         (["--num", 2.5], "argument --num: must be an integer >= 1, got '2.5'"),
@@ -201,7 +219,7 @@ def test_unwritable_output_folder(loads, capsys, tmp_path, monkeypatch):
     try:
         if os.access(folder, os.W_OK):  # root ignores permissions: make access() say no
             real_access = os.access
-            monkeypatch.setattr(cli.os, "access", lambda p, mode: False if os.fspath(p) == str(
+            monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(
                 folder) else real_access(p, mode))
         check_error(capsys, ["sample", "--model", "tiny", "--out", folder / "s.png"], 2,
                     f"--out: folder '{folder}' is not writable")
@@ -216,6 +234,18 @@ def test_nan_model_fails_with_status_1(loads, capsys, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("argv", [
+    ["generate", "--num", 2, "--out", "run"],
+    ["img2img", "--images", "in.npz", "--strength", 1, "--out", "o.png"],
+])
+def test_nan_model_fails_with_status_1_in_every_command(argv, loads, capsys, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savez("in.npz", images=np.zeros((2, 4, 4, 1), np.uint8))
+    check_error(capsys, [argv[0], "--model", "nan", "--steps", 2, *argv[1:]], 1,
+                "NaN or inf at step 0")
+
+
 def test_write_failure_fails_with_status_1(loads, capsys, tmp_path, monkeypatch):
     def full_disk(path, write):
         raise OSError(28, "No space left on device")
@@ -224,6 +254,61 @@ def test_write_failure_fails_with_status_1(loads, capsys, tmp_path, monkeypatch)
     check_error(capsys, ["sample", "--model", "tiny", "--steps", 2, "--num", 2,
                          "--out", tmp_path / "s.npz"], 1, "cannot write")
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- fail fast
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Every argument here can be checked without the model: loading it fails the test."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(common, "load_pretrained", fail)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["sample", "--steps", 0], "argument --steps: must be an integer >= 1, got '0'"),
+    (["sample", "--eta", -1], "argument --eta: must be a finite number >= 0, got '-1'"),
+    (["sample", "--eta", "inf"], "argument --eta: must be a finite number >= 0, got 'inf'"),
+    (["sample", "--device", "gpu7"], "--device: unknown device 'gpu7'"),
+    (["sample", "--out", "missing/s.png"], "--out: folder 'missing' does not exist"),
+    (["sample", "--latents", "missing.npz"], "cannot read latents from missing.npz"),
+    (["sample", "--latents", "truncated.npz"], "cannot read latents from truncated.npz"),
+    (["sample", "--latents", "in.npz"], "in.npz has no 'latents' array (found: ['images'])"),
+    (["eval", "--steps", 0], "argument --steps: must be an integer >= 1, got '0'"),
+    (["eval", "--json", "r.txt"], "--json must end in .json, got 'r.txt'"),
+    (["eval", "--reference", "truncated.npz"], "cannot read images from truncated.npz"),
+    (["eval", "--reference", "floats.npz"], "floats.npz: images must be uint8 (N, H, W, C)"),
+    (["generate", "--num", 4, "--out", "run", "--steps", 0], "argument --steps: must be"),
+    (["generate", "--num", 4, "--out", "run", "--eta", "nan"], "argument --eta: must be"),
+    (["generate", "--num", 4, "--out", "run", "--pack", "p.png"], "--pack must end in .npz"),
+    (["generate", "--num", 4, "--out", "in.npz"], "--out: 'in.npz' exists and is not a folder"),
+    (["invert", "--images", "missing.npz", "--out", "l.npz"], "cannot read images from"),
+    (["invert", "--images", "in.npz", "--steps", 0, "--out", "l.npz"], "--steps: must be"),
+    (["invert", "--images", "in.npz", "--out", "l.png"], "--out must end in .npz"),
+    (["inpaint", "--images", "in.npz", "--mask", "missing.png", "--out", "o.png"],
+     "cannot read images from missing.png"),
+    (["inpaint", "--images", "in.npz", "--mask", "in.npz", "--out", "o.png", "--eta", -1],
+     "argument --eta: must be a finite number >= 0"),
+    (["inpaint", "--images", "in.npz", "--mask", "truncated.npz", "--out", "o.png"],
+     "cannot read the mask from truncated.npz"),
+    (["inpaint", "--images", "in.npz", "--keep", "left", "--resample", -1, "--out", "o.png"],
+     "argument --resample: must be an integer >= 0, got '-1'"),
+    (["img2img", "--images", "in.npz", "--strength", 1.5, "--out", "o.png"],
+     "argument --strength: must be a finite number in [0, 1], got '1.5'"),
+    (["img2img", "--images", "truncated.npz", "--strength", 0.5, "--out", "o.png"],
+     "cannot read images from truncated.npz"),
+])
+def test_bad_arguments_fail_before_the_model_is_loaded(argv, fragment, no_loading, capsys,
+                                                       tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savez("in.npz", images=np.zeros((2, 4, 4, 1), np.uint8))
+    np.savez("floats.npz", images=np.zeros((2, 4, 4, 1)))
+    Path("truncated.npz").write_bytes(Path("in.npz").read_bytes()[:60])
+    before = sorted(os.listdir())
+    check_error(capsys, argv, 2, fragment)
+    assert sorted(os.listdir()) == before  # nothing written
 
 
 # ---------------------------------------------------------------------------- real model

@@ -48,7 +48,7 @@ def test_img2img_and_png_input(held):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["img2img", "--strength", "1.5"], "strength must be a finite number in"),
+    (["img2img", "--strength", "1.5"], "argument --strength: must be a finite number in [0, 1]"),
     (["inpaint"], "one of the arguments --mask --keep is required"),
     (["inpaint", "--mask", "MISSING.png"], "cannot read images from"),
     (["invert", "--method", "newton"], "invalid choice: 'newton'"),
@@ -76,3 +76,8 @@ def test_sample_latents_errors(held, capsys):
     assert cli.main(["sample", "--latents", str(held / "nolat.npz"), "--out",
                      str(held / "y.png")]) == 2
     assert "has no 'latents' array" in capsys.readouterr().err
+    np.savez(held / "rgb_lat.npz", latents=np.zeros((2, 3, 8, 8), np.float32))
+    assert cli.main(["sample", "--latents", str(held / "rgb_lat.npz"), "--out",
+                     str(held / "y.png")]) == 2
+    err = capsys.readouterr().err
+    assert "holds latents of shape (3, 8, 8) (C, H, W), the model makes (1, 8, 8)" in err

@@ -23,15 +23,9 @@ from PIL import Image
 
 import ddim
 from ddim import cli, distributed
-from ddim.generate import (
-    MANIFEST,
-    RunMismatchError,
-    count_shards,
-    generate,
-    pack,
-    shard_name,
-)
+from ddim.generate import generate, pack
 from ddim.pretrained import bundled_path
+from ddim.shards import MANIFEST, RunMismatchError, count_shards, shard_name
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -230,11 +224,12 @@ def test_another_run_is_refused_unless_overwrite(bundle, digits_dir, capsys, tmp
     with pytest.raises(RunMismatchError, match=r"differs in seed \(0 there, 1 now\)") as info:
         generate(bundle, out, 6, steps=2, seed=1, shard_size=4)
     assert info.value.fields == ("seed",)
+    assert "pass overwrite=True to delete" in str(info.value) and "--" not in str(info.value)
     status, _, err = run_cli(capsys, "--model", digits_dir, "--num", 6, "--shard-size", 4,
                              "--steps", 3, "--eta", 1, "--out", out)
     assert status == 2 and err.startswith("ddim: error: out_dir ") and err.count("\n") == 1
     assert "differs in steps (2 there, 3 now), eta (0.0 there, 1.0 now)" in err
-    assert "--overwrite" in err
+    assert "pass --overwrite to delete" in err and "overwrite=True" not in err
     for name, (images, _) in shards(out).items():  # nothing touched
         np.testing.assert_array_equal(images, before[name][0])
 

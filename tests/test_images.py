@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddim.images import make_grid, save_image_grid, save_npz, to_pil, to_uint8
+from ddim.images import make_grid, save_image_grid, save_npz, save_png, to_pil, to_uint8
 
 
 # ---------------------------------------------------------------------------- to_uint8
@@ -164,6 +164,29 @@ def test_save_image_grid_argument_errors(tmp_path):
         save_image_grid(x, tmp_path / "g.png", scale=0)
     with pytest.raises(ValueError, match="NaN"):
         save_image_grid(torch.full((1, 1, 2, 2), float("nan")), tmp_path / "g.png")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (3, "RGB")])
+def test_save_png_round_trip(channels, mode, tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, channels), dtype=np.uint8)
+    path = save_png(tmp_path / "one.png", image)
+    with Image.open(path) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", mode, (7, 5))
+        np.testing.assert_array_equal(np.asarray(im).reshape(image.shape), image)
+    assert os.listdir(tmp_path) == ["one.png"]
+
+
+@pytest.mark.parametrize(
+    "image, name, error, match",
+    [(np.zeros((2, 2, 1), np.float32), "i.png", TypeError, "uint8"),
+     (np.zeros((1, 2, 2, 1), np.uint8), "i.png", ValueError, r"\(H, W, C\)"),
+     (np.zeros((2, 2, 2), np.uint8), "i.png", ValueError, r"1 \(greyscale\) or 3"),
+     (np.zeros((2, 2, 1), np.uint8), "i.jpg", ValueError, r"path must end in \.png")],
+)
+def test_save_png_errors(image, name, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        save_png(tmp_path / name, image)
     assert os.listdir(tmp_path) == []
 
 

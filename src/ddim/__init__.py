@@ -1,5 +1,6 @@
 """ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs."""
 
+from ._version import __version__ as __version__
 from .accelerate import accelerate
 from .editing import img2img, inpaint
 from .images import make_grid, save_image_grid, to_pil, to_uint8
@@ -37,4 +38,3 @@ __all__ = [
     "sample_iter",
     "slerp",
 ]
-__version__ = "0.1.0"

@@ -2,10 +2,10 @@
 
 Samples come out of :func:`ddim.sample` as float tensors of shape (B, C, H, W) in the model's
 data range, [-1, 1] for the usual image DDPMs. :func:`to_uint8` maps that range onto 0..255;
-:func:`make_grid` tiles a batch into one image; :func:`save_image_grid` and :func:`save_npz`
-write files atomically with :func:`ddim.io.atomic_write` (a temporary file in the target's
-folder, flushed to disk, then renamed over the target), so a crash or a full disk never leaves
-a half-written file under the target's name.
+:func:`make_grid` tiles a batch into one image; :func:`save_image_grid`, :func:`save_png`
+and :func:`save_npz` write files atomically with :func:`ddim.io.atomic_write` (a temporary file
+in the target's folder, flushed to disk, then renamed over the target), so a crash or a full
+disk never leaves a half-written file under the target's name.
 
 torch, numpy and PIL do the work; nothing here encodes image formats by hand.
 """
@@ -143,6 +143,32 @@ def save_image_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None =
     return path
 
 
+def save_png(path: str | os.PathLike, image_uint8: np.ndarray) -> Path:
+    """Write one image as a PNG file (mode ``L`` for C=1, ``RGB`` for C=3), atomically.
+
+    Args:
+        path: the ``.png`` file to write; its folder must exist. An existing file is replaced.
+        image_uint8: numpy uint8 array of shape (H, W, C) with C = 1 or 3, e.g. one image of
+            what :func:`to_uint8` returns.
+
+    Returns:
+        the path written, as a :class:`pathlib.Path`.
+
+    Raises:
+        TypeError: image_uint8 is not a numpy uint8 array. ValueError: path does not end in
+        ``.png``, or the array is not (H, W, C) with C = 1 or 3. OSError: the file cannot be
+        written (no partial file is left).
+    """
+    path = _check_path(path, (".png",))
+    _check_uint8(image_uint8, "(H, W, C)", 3)
+    if image_uint8.shape[2] not in PIL_MODES:
+        raise ValueError(f"image_uint8 must have 1 (greyscale) or 3 (RGB) channels, got shape "
+                         f"{image_uint8.shape}")
+    image = _pil_image(image_uint8)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return path
+
+
 def save_npz(path: str | os.PathLike, images_uint8: np.ndarray, **arrays: Any) -> Path:
     """Write images and extra arrays to a compressed ``.npz`` file, atomically.
 
@@ -158,12 +184,7 @@ def save_npz(path: str | os.PathLike, images_uint8: np.ndarray, **arrays: Any) -
         the path written, as a :class:`pathlib.Path`.
     """
     path = _check_path(path, (".npz",))
-    if not isinstance(images_uint8, np.ndarray) or images_uint8.dtype != np.uint8:
-        raise TypeError("images_uint8 must be a numpy uint8 array (see ddim.images.to_uint8), "
-                        f"got {getattr(images_uint8, 'dtype', type(images_uint8).__name__)}")
-    if images_uint8.ndim != 4:
-        raise ValueError(f"images_uint8 must have shape (N, H, W, C), got "
-                         f"{images_uint8.shape}")
+    _check_uint8(images_uint8, "(N, H, W, C)", 4, name="images_uint8")
     if "images" in arrays:
         raise ValueError("'images' is the name of the images array; pick another keyword")
     extra = {name: np.asarray(value) for name, value in arrays.items()}
@@ -183,6 +204,14 @@ def _check_path(path: Any, suffixes: tuple[str, ...]) -> Path:
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"path must end in {' or '.join(suffixes)}, got {str(path)!r}")
     return path
+
+
+def _check_uint8(array: Any, shape: str, ndim: int, name: str = "image_uint8") -> None:
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
+        raise TypeError(f"{name} must be a numpy uint8 array (see ddim.images.to_uint8), "
+                        f"got {getattr(array, 'dtype', type(array).__name__)}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
 
 
 def _check_shape(x: torch.Tensor | np.ndarray, name: str) -> None:

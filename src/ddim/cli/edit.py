@@ -1,0 +1,179 @@
+"""``ddim invert``, ``ddim inpaint`` and ``ddim img2img``: edit existing images.
+
+::
+
+    ddim invert  --model digits --images in.npz --steps 50 --out latents.npz
+    ddim sample  --model digits --latents latents.npz --steps 50 --out back.png
+    ddim inpaint --model digits --images in.npz --keep left --steps 50 --out filled.png
+    ddim img2img --model digits --images in.npz --strength 0.5 --steps 50 --out edited.png
+
+Images are read from a PNG (one image) or an .npz with ``images``, uint8 (N, H, W, C) (what
+``ddim sample`` and ``ddim generate --pack`` write), before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import Pretrained, __version__, img2img, inpaint, invert
+from ..images import from_uint8
+from ..inversion import METHODS
+from ..io import atomic_write
+from ..noise import sample_generators
+from .common import (
+    CliError,
+    check_device,
+    check_output,
+    library_error,
+    load_model,
+    read_images,
+    read_npz,
+    write_images,
+    writing,
+)
+from .options import add_options, library_options, natural_int, number_in, positive_int
+
+KEEP = ("left", "right", "top", "bottom")
+IMAGE_FORMATS = (".png", ".npz")
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    """Add the ``invert``, ``inpaint`` and ``img2img`` subcommands to ``commands``."""
+    p = _add_parser(commands, "invert", "encode images to DDIM latents x_T (η = 0)",
+                    "Deterministic DDIM inversion x0 -> x_T. Decode the result with `ddim "
+                    "sample --latents FILE`, same --steps and --spacing.",
+                    "output .npz with 'latents' float32 (N, C, H, W)")
+    p.add_argument("--method", choices=METHODS, default="ddim",
+                   help="ddim: one model call per step; fixed_point: implicit steps that "
+                        "reconstruct much more closely (default: %(default)s)")
+    p.add_argument("--max-iters", type=positive_int, default=5,
+                   help="fixed_point: extra model calls per step at most (default: "
+                        "%(default)s)")
+    p.set_defaults(run=run_invert)
+
+    p = _add_parser(commands, "inpaint", "fill masked-out pixels with the model",
+                    "Keep the pixels where the mask is 1 (exactly) and generate the rest.",
+                    "output .png grid or .npz")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--mask", type=Path,
+                       help="mask image (.png) or .npz ('mask' or 'images'): white/1 = keep")
+    group.add_argument("--keep", choices=KEEP, help="keep this half of every image")
+    p.add_argument("--resample", type=natural_int, default=0,
+                   help="RePaint rounds per step (default: %(default)s)")
+    p.set_defaults(run=run_inpaint)
+
+    p = _add_parser(commands, "img2img", "re-generate images from a chosen noise level",
+                    "Noise the images to --strength of the grid, then denoise (SDEdit with "
+                    "DDIM; deterministic with η=0).", "output .png grid or .npz")
+    p.add_argument("--strength", type=number_in(0.0, 1.0), required=True,
+                   help="fraction of the grid to run again, in [0, 1]")
+    p.set_defaults(run=run_img2img)
+
+
+def _add_parser(commands: argparse._SubParsersAction, name: str, summary: str,
+                description: str, out_help: str) -> argparse.ArgumentParser:
+    """A subparser with the shared options, --images and a required --out."""
+    p = commands.add_parser(name, help=summary, description=description)
+    add_options(p, name)
+    p.add_argument("--images", type=Path, required=True,
+                   help="input images: a .png, or an .npz with 'images' uint8 (N, H, W, C)")
+    p.add_argument("--out", type=Path, required=True, help=out_help)
+    return p
+
+
+def run_invert(args: argparse.Namespace) -> int:
+    """``ddim invert``: images -> latents (.npz)."""
+    start = time.perf_counter()
+    out = check_output(args.out, (".npz",))
+    bundle, images = _load(args, read_images(args.images))
+    latents = _run(lambda: invert(bundle, images, method=args.method,
+                                  max_iters=args.max_iters, **library_options(args, "invert")))
+    arrays = dict(latents=latents.cpu().numpy().astype(np.float32), model=str(args.model),
+                  steps=args.steps, spacing=args.spacing, method=args.method,
+                  ddim_version=__version__)
+    with writing(out):
+        atomic_write(out, lambda f: np.savez(f, **arrays))
+    print(f"wrote {len(latents)} latents to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_inpaint(args: argparse.Namespace) -> int:
+    """``ddim inpaint``: fill the unknown pixels."""
+    start = time.perf_counter()
+    out = check_output(args.out, IMAGE_FORMATS)
+    uint8 = read_images(args.images)
+    mask = None if args.keep else _read_mask(args.mask)
+    bundle, images = _load(args, uint8)
+    mask = _half_mask(images, args.keep) if args.keep else mask.to(images.device, images.dtype)
+    gens = sample_generators(args.seed, 0, len(images))
+    result = _run(lambda: inpaint(bundle, images, mask, resample=args.resample, generator=gens,
+                                  **library_options(args, "inpaint")))
+    write_images(out, result, bundle.data_range, args.scale, model=str(args.model),
+                 steps=args.steps, eta=args.eta, seed=args.seed)
+    print(f"wrote {len(result)} inpainted images to {out} in "
+          f"{time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_img2img(args: argparse.Namespace) -> int:
+    """``ddim img2img``: re-generate from a noise level."""
+    start = time.perf_counter()
+    out = check_output(args.out, IMAGE_FORMATS)
+    bundle, images = _load(args, read_images(args.images))
+    gens = sample_generators(args.seed, 0, len(images))
+    result = _run(lambda: img2img(bundle, images, args.strength, generator=gens,
+                                  **library_options(args, "img2img")))
+    write_images(out, result, bundle.data_range, args.scale, model=str(args.model),
+                 steps=args.steps, eta=args.eta, seed=args.seed, strength=args.strength)
+    print(f"wrote {len(result)} images to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------- helpers
+def _load(args: argparse.Namespace, uint8: np.ndarray) -> tuple[Pretrained, torch.Tensor]:
+    """The bundle, and ``uint8`` images (N, H, W, C) as float32 (N, C, H, W) in its data range
+    on its device; refuses images of another shape than the model's samples."""
+    device = check_device(args.device)
+    bundle = load_model(args.model, device)
+    images = from_uint8(uint8, bundle.data_range).to(device or "cpu")
+    want = tuple(bundle.sample_shape)
+    if tuple(images.shape[1:]) != want:
+        raise CliError(f"--images: {args.images} holds images of shape "
+                       f"{tuple(images.shape[1:])} (C, H, W), the model makes {want}")
+    return bundle, images
+
+
+def _run(edit: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``edit()``, its errors as CliErrors (status 2 for refused arguments, 1 for NaN)."""
+    try:
+        return edit()
+    except (TypeError, ValueError) as err:
+        raise library_error(err) from None
+
+
+def _read_mask(path: Path) -> torch.Tensor:
+    """float64 mask in [0, 1] from a .png (white = 1) or an .npz ('mask' or 'images'; uint8
+    values are divided by 255), channels first: (N, C, H, W) or as stored when not 4-D."""
+    if path.suffix.lower() != ".npz":
+        return torch.from_numpy(read_images(path)).permute(0, 3, 1, 2).double() / 255.0
+    array = read_npz(path, ("mask", "images"), "the mask")
+    mask = torch.from_numpy(np.asarray(array, dtype=np.float64))
+    if array.dtype == np.uint8:
+        mask = mask / 255.0
+    return mask.permute(0, 3, 1, 2) if mask.ndim == 4 else mask  # (N, H, W, C) as stored
+
+
+def _half_mask(images: torch.Tensor, keep: str) -> torch.Tensor:
+    """1 on the kept half of each image, 0 on the other."""
+    mask = torch.zeros((1, 1, *images.shape[2:]), dtype=images.dtype, device=images.device)
+    h, w = images.shape[2] // 2, images.shape[3] // 2
+    region = {"left": (slice(None), slice(None, w)), "right": (slice(None), slice(w, None)),
+              "top": (slice(None, h), slice(None)), "bottom": (slice(h, None), slice(None))}
+    mask[(..., *region[keep])] = 1
+    return mask

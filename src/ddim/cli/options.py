@@ -1,0 +1,145 @@
+"""The options that several ``ddim`` subcommands share, each stated once.
+
+An :class:`Option` holds an option's flag, help text, argparse settings (type, default,
+choices), which subcommands take it and, in ``keyword``, the library parameter its value is
+passed as. :func:`add_options` gives a subcommand's parser the options it takes, with help
+texts that show the default; :func:`library_options` turns the parsed values into keyword
+arguments for the library call. To give several subcommands a new option, add one entry to
+:data:`OPTIONS` (and, with a ``keyword``, accept that parameter in the library calls).
+
+The ``type`` functions here refuse bad values while parsing, before any model is loaded, with
+messages such as ``argument --steps: must be an integer >= 1, got '0'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import BUNDLED_MODELS
+from ..sampler import DEFAULT_STEPS
+from ..schedule import SPACINGS
+
+COMMANDS = frozenset({"sample", "eval", "generate", "invert", "inpaint", "img2img"})
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers >= ``low``, with a message that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def number_in(low: float, high: float = math.inf) -> Callable[[str], float]:
+    """An argparse ``type`` accepting finite numbers in [low, high], with a message that says
+    so (``high`` = inf: no upper bound)."""
+    allowed = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be a finite number {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int, natural_int = int_at_least(1), int_at_least(0)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option.
+
+    ``flag`` (``--batch-size``, read back as ``args.batch_size``); ``help``, to which the
+    default is appended (``shown`` if given, else the value); ``parsing``, the keywords of
+    ``add_argument`` (type, default, choices...); the ``commands`` that take it; and the
+    library ``keyword`` its value is passed as (None: the CLI uses the value itself).
+    """
+
+    flag: str
+    help: str
+    parsing: Mapping[str, Any] = field(default_factory=dict)
+    commands: frozenset[str] = COMMANDS
+    keyword: str | None = None
+    shown: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments: ``--batch-size`` -> ``batch_size``."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+_MANY = frozenset({"sample", "eval", "generate"})  # many images, in batches
+_PNG = frozenset({"sample", "invert", "inpaint", "img2img"})
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--model", f"bundled model {BUNDLED_MODELS}, diffusers folder or hub id",
+           dict(default="digits")),
+    Option("--steps", "number of DDIM steps, 1..T (the model's training steps)",
+           dict(type=positive_int, default=DEFAULT_STEPS), keyword="steps"),
+    Option("--eta", "η >= 0: 0 deterministic DDIM, 1 DDPM-like",
+           dict(type=number_in(0.0), default=0.0), COMMANDS - {"invert"}, keyword="eta"),
+    Option("--spacing", "timestep spacing; trailing suits few steps",
+           dict(choices=SPACINGS, default="leading"), keyword="spacing"),
+    Option("--seed", "seed of the run; image i uses seed (seed, i)",
+           dict(type=natural_int, default=0)),
+    Option("--device", "torch device, e.g. cpu or cuda:0", dict(default=None), shown="cpu"),
+    Option("--batch-size", "images per model call; does not change the images",
+           dict(type=positive_int, default=64), _MANY),
+    Option("--progress", "show a progress bar",
+           dict(action=argparse.BooleanOptionalAction, default=None), _MANY,
+           shown="only when stderr is a terminal"),
+    Option("--scale", "integer upscaling of the PNG grid, nearest neighbour",
+           dict(type=positive_int, default=4), _PNG),
+)
+
+
+def add_options(parser: argparse.ArgumentParser, command: str, *,
+                defaults: Mapping[str, Any] | None = None,
+                notes: Mapping[str, str] | None = None) -> None:
+    """Add the :data:`OPTIONS` that ``command`` takes to its ``parser``, in table order.
+
+    Args:
+        defaults: other defaults for this command, by dest (``{"batch_size": 500}``).
+        notes: text added to an option's help for this command, by dest.
+
+    Raises:
+        ValueError: ``command`` is unknown, or ``defaults``/``notes`` name an option that
+        ``command`` does not take.
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}")
+    options = {o.dest: o for o in OPTIONS if command in o.commands}
+    unknown = set(defaults or {}).union(notes or {}).difference(options)
+    if unknown:
+        raise ValueError(f"{command} takes no option {sorted(unknown)}")
+    for dest, option in options.items():
+        settings = dict(option.parsing)
+        if defaults and dest in defaults:
+            settings["default"] = defaults[dest]
+        note = f"; {notes[dest]}" if notes and dest in notes else ""
+        shown = option.shown or "%(default)s"
+        parser.add_argument(option.flag, help=f"{option.help}{note} (default: {shown})",
+                            **settings)
+
+
+def library_options(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The parsed values of ``command``'s options that have a library ``keyword``, by it:
+    ``{"steps": 50, "eta": 0.0, "spacing": "leading"}`` for ``sample``."""
+    return {o.keyword: getattr(args, o.dest) for o in OPTIONS
+            if command in o.commands and o.keyword is not None}
