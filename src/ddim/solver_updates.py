@@ -1,0 +1,111 @@
+"""The update rules of :mod:`ddim.solvers`, as pure tensor functions.
+
+x and the x̂0s (``pred_x0s``, newest first: x̂0_i, x̂0_{i-1}, ...) are (B, ...) float32 or
+float64 tensors; the x̂0s are cast to x's dtype and the result has x's dtype. Each update
+reads its order from ``c.order`` (a :class:`ddim.solvers.StepCoefficients`, float64 scalars)
+and needs that many x̂0s. Notation as in :mod:`ddim.solvers`: every update has the form
+x_{i+1} = (σ_{i+1}/σ_i)·x_i + α_{i+1}·[h·φ_1 D0 + h·φ_2 D1 + h·φ_3 D2].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .solvers import StepCoefficients
+
+
+def first_order_update(x: torch.Tensor, pred_x0: torch.Tensor, c: StepCoefficients
+                       ) -> torch.Tensor:
+    """DPM-Solver++(1): x_{i+1} = (σ_{i+1}/σ_i)·x_i + α_{i+1}(1 - e^{-h})·x̂0_i.
+
+    Equal to DDIM with η=0 (:func:`ddim.step.ddim_step`): substituting
+    ε̂ = (x_i - α_i x̂0_i)/σ_i into α_{i+1}x̂0 + σ_{i+1}ε̂ gives the same two terms.
+    """
+    return torch.add(x * c.sigma_ratio, pred_x0.to(x.dtype), alpha=c.alpha_next * c.h_phi_1)
+
+
+def dpmpp_2m_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCoefficients
+                    ) -> torch.Tensor:
+    """DPM-Solver++(2M), diffusers' "midpoint" form (= k-diffusion's ``sample_dpmpp_2m``).
+
+    x_{i+1} = (σ_{i+1}/σ_i)·x_i + α_{i+1}(1 - e^{-h})·(D0 + D1/2),
+    D0 = x̂0_i, D1 = (x̂0_i - x̂0_{i-1})/r_0. Order 1 (:func:`first_order_update`) where
+    ``c.order`` is 1.
+    """
+    m0 = pred_x0s[0].to(x.dtype)
+    if c.order == 1:
+        return first_order_update(x, m0, c)
+    d = m0 + (m0 - pred_x0s[1].to(x.dtype)) * (0.5 / c.r0)  # D0 + D1/2
+    return torch.add(x * c.sigma_ratio, d, alpha=c.alpha_next * c.h_phi_1)
+
+
+def dpmpp_3m_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCoefficients
+                    ) -> torch.Tensor:
+    """DPM-Solver++(3M): x_{i+1} = (σ_{i+1}/σ_i)x_i + α_{i+1}[hφ_1 D0 + hφ_2 D1 + hφ_3 D2].
+
+    D1_0 = (x̂0_i - x̂0_{i-1})/r_0 and D1_1 = (x̂0_{i-1} - x̂0_{i-2})/r_1 are scaled first
+    differences; D1 = D1_0 + r_0/(r_0+r_1)·(D1_0 - D1_1) and D2 = (D1_0 - D1_1)/(r_0+r_1)
+    estimate h·x̂0' and h²·x̂0''/2 at λ_i. Falls back to 2M/first order where ``c.order`` < 3.
+    """
+    if c.order < 3:
+        return dpmpp_2m_update(x, pred_x0s, c)
+    m0, m1, m2 = (m.to(x.dtype) for m in pred_x0s[:3])
+    d1_0, d1_1 = (m0 - m1) / c.r0, (m1 - m2) / c.r1
+    d2 = (d1_0 - d1_1) / (c.r0 + c.r1)
+    d1 = d1_0 + d2 * c.r0
+    out = torch.add(x * c.sigma_ratio, m0, alpha=c.alpha_next * c.h_phi_1)
+    return out.add_(d1, alpha=c.alpha_next * c.h_phi_2).add_(d2, alpha=c.alpha_next * c.h_phi_3)
+
+
+def unipc_predictor_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor],
+                           c: StepCoefficients) -> torch.Tensor:
+    """UniP-2 with B(h) = e^h - 1 (bh2) at -h, data prediction.
+
+    x_{i+1} = (σ_{i+1}/σ_i)x_i + α_{i+1}(1 - e^{-h})·(x̂0_i + ρ_p·D1), ρ_p = 1/2 (UniP-2),
+    D1 = (x̂0_i - x̂0_{i-1})/r_0. B(-h) = e^{-h} - 1 is the same factor as the exponential
+    integrator's, so UniP-2-bh2 coincides with DPM-Solver++(2M); UniPC's gain is the corrector.
+    """
+    return dpmpp_2m_update(x, pred_x0s, c)
+
+
+def unipc_corrector_update(x_prev: torch.Tensor, pred_x0s: Sequence[torch.Tensor],
+                           pred_x0_new: torch.Tensor, c_prev: StepCoefficients) -> torch.Tensor:
+    """UniC: redo step i-1 → i with the new x̂0_i included, giving the corrected x_i^c.
+
+    x_i^c = (σ_i/σ_{i-1})x_{i-1} + α_i(1 - e^{-h})·(x̂0_{i-1} + ρ_1·D1 + ρ_last·(x̂0_i -
+    x̂0_{i-1})), with h, r_0, ρ = ``c_prev.rho_c`` and the order of the step i-1 → i.
+
+    Args:
+        x_prev: x_{i-1}, itself corrected, from which the predictor produced x_i.
+        pred_x0s: (x̂0_{i-1}, x̂0_{i-2}, ...) newest first, as the predictor used them.
+        pred_x0_new: x̂0_i, from the model at the uncorrected x_i (no extra model call).
+        c_prev: the coefficients of step i-1.
+    """
+    m0 = pred_x0s[0].to(x_prev.dtype)
+    d = m0 + (pred_x0_new.to(x_prev.dtype) - m0) * c_prev.rho_c[1]
+    if c_prev.order >= 2:
+        d = d + (m0 - pred_x0s[1].to(x_prev.dtype)) * (c_prev.rho_c[0] / c_prev.r0)
+    return torch.add(x_prev * c_prev.sigma_ratio, d, alpha=c_prev.alpha_next * c_prev.h_phi_1)
+
+
+def dpmpp_2m_sde_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCoefficients,
+                        noise: torch.Tensor | None) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M), midpoint (diffusers ``algorithm_type="sde-dpmsolver++"``).
+
+    x_{i+1} = (σ_{i+1}/σ_i)e^{-h}·x_i + α_{i+1}(1 - e^{-2h})·(D0 + D1/2)
+              + σ_{i+1}·sqrt(1 - e^{-2h})·z,   D1 = (x̂0_i - x̂0_{i-1})/r_0 (0 at order 1).
+    ``noise`` z ~ N(0, I) of x's shape is read only where ``c.noise_scale`` > 0.
+    """
+    m0 = pred_x0s[0].to(x.dtype)
+    d = m0 if c.order == 1 else m0 + (m0 - pred_x0s[1].to(x.dtype)) * (0.5 / c.r0)
+    out = torch.add(x * (c.sigma_ratio * c.exp_neg_h), d,
+                    alpha=c.alpha_next * c.one_minus_exp_neg_2h)
+    if c.noise_scale > 0:
+        if noise is None:
+            raise ValueError("noise is required where the step's noise_scale > 0")
+        out = out.add_(noise.to(x.dtype), alpha=c.noise_scale)
+    return out
