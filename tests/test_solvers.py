@@ -275,6 +275,15 @@ def test_coefficients_finite_hashable_float64(solver, final_alpha, schedule):
         assert math.isfinite(last.h) and (last.noise_scale > 0) == (solver == "dpmpp_2m_sde")
 
 
+def test_phi_coefficients_are_accurate_for_tiny_steps():
+    # h·φ_2(-h) = 1 - (1-e^{-h})/h and h·φ_3(-h) cancel catastrophically as h → 0 (series)
+    (c,) = solver_coefficients("dpmpp_2m", [0.5], [0.5 + 1e-9])
+    assert c.h == pytest.approx(2e-9, rel=1e-6)
+    assert c.h_phi_1 == pytest.approx(c.h, rel=1e-8)
+    assert c.h_phi_2 == pytest.approx(c.h / 2, rel=1e-8)
+    assert c.h_phi_3 == pytest.approx(c.h / 6, rel=1e-8)
+
+
 def test_zero_terminal_snr_start_is_finite(schedule):
     # ᾱ = 0 at the first point (λ = -∞): the first step is DDIM's x_1 = σ_1·x_0 + α_1·x̂0, and
     # r0 = ∞ makes the next step's difference term vanish instead of dividing ∞ by ∞.

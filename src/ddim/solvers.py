@@ -15,10 +15,11 @@ Code name        paper symbol (α = sqrt(ᾱ), σ = sqrt(1-ᾱ); index i = grid 
 ``D0, D1, D2``   x̂0_i and its divided differences (DPM-Solver++'s D_i, scaled by h)
 
 Every update is x_{i+1} = (σ_{i+1}/σ_i)·x_i + α_{i+1}·[h·φ_1 D0 + h·φ_2 D1 + h·φ_3 D2]:
-first order (D1 = D2 = 0) is DDIM with η=0 (Lu et al. 2022b, DPM-Solver++ arXiv:2211.01095,
-§4); the final step onto ᾱ=1 (σ_{i+1}=0, h=+∞) has σ_ratio = 0, α = 1, h·φ_1 = 1: x = x̂0.
-Sources: DPM-Solver++ (2M: its multistep second-order algorithm; 3M: the third-order multistep
-rule of the authors' code); UniPC (Zhao et al. 2023, arXiv:2302.04867), UniP/UniC with
+first order (D1 = D2 = 0) is DDIM with η=0 (DPM-Solver++, Lu et al. 2022,
+arXiv:2211.01095); the final step onto ᾱ=1 (σ_{i+1}=0, h=+∞) has σ_ratio = 0, α = 1,
+h·φ_1 = 1: x = x̂0. Sources: DPM-Solver++ (2M: its multistep second-order algorithm; 3M: the
+third-order multistep rule of the authors' code, in fact second order: see
+:func:`dpmpp_3m_update`); UniPC (Zhao et al. 2023, arXiv:2302.04867), UniP/UniC with
 B(h) = e^h - 1 ("bh2"), evaluated at -h in the data-prediction form. Lower orders at the start
 (warm-up) and end follow diffusers 0.42.1 (``lower_order_final=True``; see
 :func:`solver_coefficients`), so the results match its schedulers step for step. The update
@@ -126,15 +127,13 @@ def solver_coefficients(
         alpha_t, sigma_t = math.sqrt(a_t[i]), math.sqrt(1 - a_t[i])
         alpha_n, sigma_n = math.sqrt(a_next[i]), math.sqrt(1 - a_next[i])
         exp_neg_h = (sigma_n * alpha_t) / (alpha_n * sigma_t)  # a ratio: finite even at λ = ±∞
-        h_phi_1 = -math.expm1(-h[i])  # 1 - e^{-h}, accurate for small h; 1 at h = ∞
-        h_phi_2 = 1 - h_phi_1 / h[i]
-        h_phi_3 = 0.5 - h_phi_2 / h[i]
+        h_phi_1, h_phi_2, h_phi_3 = _h_phi(h[i])
         p = orders[i]
         r0 = h[i - 1] / h[i] if p >= 2 else 0.0
         r1 = h[i - 2] / h[i] if p >= 3 else 0.0
         rho_c = (0.0, 0.0)
         if solver == "unipc" and p == 1:
-            rho_c = (0.0, 0.5)  # UniC-1: the trapezoidal rule, as diffusers (not B(h)-exact)
+            rho_c = (0.0, 0.5)  # UniC-1: diffusers' ρ = 1/2 (trapezoidal), not b_1 = hφ_2/hφ_1
         elif solver == "unipc":
             # UniC-2: solve R ρ = b, R = [[1, 1], [-r0, 1]] (rows r_k^{m-1}, r_k = -r0, r_2 = 1),
             # b_m = m!·h·φ_{m+1}(-h)/B(-h), B(-h) = e^{-h} - 1 = -h·φ_1(-h)
@@ -164,6 +163,16 @@ def _orders(solver: str, S: int, *, final_is_clean: bool) -> list[int]:
     return orders
 
 
+def _h_phi(h: float) -> tuple[float, float, float]:
+    """h·φ_k(-h) for k = 1, 2, 3; (1, 1, 1/2) at h = ∞, power series where h < 0.01."""
+    if h < 0.01:  # h·φ_k(-h) = Σ_n (-h)^n h/(n+k)!: no cancellation (error < h^7)
+        return tuple(sum((-h) ** n * h / math.factorial(n + k) for n in range(6))
+                     for k in (1, 2, 3))
+    h_phi_1 = -math.expm1(-h)  # 1 - e^{-h}
+    h_phi_2 = 1 - h_phi_1 / h
+    return h_phi_1, h_phi_2, 0.5 - h_phi_2 / h
+
+
 def _half_log_snr(alpha_bar: float) -> float:
     """λ = log(α/σ) = (log ᾱ - log(1-ᾱ))/2; -∞ at ᾱ = 0, +∞ at ᾱ = 1."""
     if alpha_bar == 0:
@@ -175,7 +184,9 @@ def _half_log_snr(alpha_bar: float) -> float:
 
 def _levels(name: str, values: Sequence[float]) -> tuple[float, ...]:
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().to(torch.float64).reshape(-1).tolist()
+        values = values.detach().cpu().to(torch.float64).reshape(-1)
+    if hasattr(values, "tolist") and getattr(values, "ndim", None) == 1:  # tensor, numpy
+        values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not all(
             isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
         raise TypeError(f"{name} must be a sequence of real numbers, got {values!r:.80}")
@@ -238,6 +249,7 @@ class MultistepStepper:
         if self.solver == "unipc" and i > 0:
             x = unipc_corrector_update(self._x_prev, self._pred_x0s, pred_x0,
                                        self.coefficients[i - 1])
+        pred_x0 = pred_x0.to(x.dtype)
         self._pred_x0s = (pred_x0, *self._pred_x0s[:_MAX_ORDER[self.solver] - 1])
         if self.solver in STOCHASTIC_SOLVERS:
             z = self._noise() if c.noise_scale > 0 else None
