@@ -4,7 +4,9 @@ x and the x̂0s (``pred_x0s``, newest first: x̂0_i, x̂0_{i-1}, ...) are (B, ..
 float64 tensors; the x̂0s are cast to x's dtype and the result has x's dtype. Each update
 reads its order from ``c.order`` (a :class:`ddim.solvers.StepCoefficients`, float64 scalars)
 and needs that many x̂0s. Notation as in :mod:`ddim.solvers`: every update has the form
-x_{i+1} = (σ_{i+1}/σ_i)·x_i + α_{i+1}·[h·φ_1 D0 + h·φ_2 D1 + h·φ_3 D2].
+x_{i+1} = (σ_{i+1}/σ_i)·x_i + α_{i+1}·[h·φ_1 D0 + h·φ_2 D1 + h·φ_3 D2]. Each update expands
+its D's into one weight per tensor (float64 scalar algebra) and applies x·w_x + Σ w_k·x̂0_k,
+one elementwise kernel per term.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def first_order_update(x: torch.Tensor, pred_x0: torch.Tensor, c: StepCoefficien
     Equal to DDIM with η=0 (:func:`ddim.step.ddim_step`): substituting
     ε̂ = (x_i - α_i x̂0_i)/σ_i into α_{i+1}x̂0 + σ_{i+1}ε̂ gives the same two terms.
     """
-    return torch.add(x * c.sigma_ratio, pred_x0.to(x.dtype), alpha=c.alpha_next * c.h_phi_1)
+    return _combine(x, c.sigma_ratio, (c.alpha_next * c.h_phi_1, pred_x0))
 
 
 def dpmpp_2m_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCoefficients
@@ -36,11 +38,10 @@ def dpmpp_2m_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCo
     D0 = x̂0_i, D1 = (x̂0_i - x̂0_{i-1})/r_0. Order 1 (:func:`first_order_update`) where
     ``c.order`` is 1.
     """
-    m0 = pred_x0s[0].to(x.dtype)
     if c.order == 1:
-        return first_order_update(x, m0, c)
-    d = m0 + (m0 - pred_x0s[1].to(x.dtype)) * (0.5 / c.r0)  # D0 + D1/2
-    return torch.add(x * c.sigma_ratio, d, alpha=c.alpha_next * c.h_phi_1)
+        return first_order_update(x, pred_x0s[0], c)
+    w, q = c.alpha_next * c.h_phi_1, 0.5 / c.r0  # D0 + D1/2 = (1 + q)·x̂0_i - q·x̂0_{i-1}
+    return _combine(x, c.sigma_ratio, (w * (1 + q), pred_x0s[0]), (-w * q, pred_x0s[1]))
 
 
 def dpmpp_3m_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCoefficients
@@ -58,12 +59,12 @@ def dpmpp_3m_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCo
     """
     if c.order < 3:
         return dpmpp_2m_update(x, pred_x0s, c)
-    m0, m1, m2 = (m.to(x.dtype) for m in pred_x0s[:3])
-    d1_0, d1_1 = (m0 - m1) / c.r0, (m1 - m2) / c.r1
-    d2 = (d1_0 - d1_1) / (c.r0 + c.r1)
-    d1 = d1_0 + d2 * c.r0
-    out = torch.add(x * c.sigma_ratio, m0, alpha=c.alpha_next * c.h_phi_1)
-    return out.add_(d1, alpha=c.alpha_next * c.h_phi_2).add_(d2, alpha=c.alpha_next * c.h_phi_3)
+    # hφ_2 D1 + hφ_3 D2 = hφ_2 D1_0 + q (D1_0 - D1_1), q = (hφ_2 r_0 + hφ_3)/(r_0 + r_1)
+    q = (c.h_phi_2 * c.r0 + c.h_phi_3) / (c.r0 + c.r1)
+    u, v = (c.h_phi_2 + q) / c.r0, q / c.r1  # weights of x̂0_i - x̂0_{i-1}, x̂0_{i-1} - x̂0_{i-2}
+    a = c.alpha_next
+    return _combine(x, c.sigma_ratio, (a * (c.h_phi_1 + u), pred_x0s[0]),
+                    (-a * (u + v), pred_x0s[1]), (a * v, pred_x0s[2]))
 
 
 def unipc_predictor_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor],
@@ -90,11 +91,13 @@ def unipc_corrector_update(x_prev: torch.Tensor, pred_x0s: Sequence[torch.Tensor
         pred_x0_new: x̂0_i, from the model at the uncorrected x_i (no extra model call).
         c_prev: the coefficients of step i-1.
     """
-    m0 = pred_x0s[0].to(x_prev.dtype)
-    d = m0 + (pred_x0_new.to(x_prev.dtype) - m0) * c_prev.rho_c[1]
-    if c_prev.order >= 2:
-        d = d + (m0 - pred_x0s[1].to(x_prev.dtype)) * (c_prev.rho_c[0] / c_prev.r0)
-    return torch.add(x_prev * c_prev.sigma_ratio, d, alpha=c_prev.alpha_next * c_prev.h_phi_1)
+    c = c_prev
+    w, (rho_1, rho_last) = c.alpha_next * c.h_phi_1, c.rho_c
+    q = rho_1 / c.r0 if c.order >= 2 else 0.0  # ρ_1·D1 = q·(x̂0_{i-1} - x̂0_{i-2})
+    terms = [(w * rho_last, pred_x0_new), (w * (1 - rho_last + q), pred_x0s[0])]
+    if c.order >= 2:
+        terms.append((-w * q, pred_x0s[1]))
+    return _combine(x_prev, c.sigma_ratio, *terms)
 
 
 def dpmpp_2m_sde_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: StepCoefficients,
@@ -105,12 +108,19 @@ def dpmpp_2m_sde_update(x: torch.Tensor, pred_x0s: Sequence[torch.Tensor], c: St
               + σ_{i+1}·sqrt(1 - e^{-2h})·z,   D1 = (x̂0_i - x̂0_{i-1})/r_0 (0 at order 1).
     ``noise`` z ~ N(0, I) of x's shape is read only where ``c.noise_scale`` > 0.
     """
-    m0 = pred_x0s[0].to(x.dtype)
-    d = m0 if c.order == 1 else m0 + (m0 - pred_x0s[1].to(x.dtype)) * (0.5 / c.r0)
-    out = torch.add(x * (c.sigma_ratio * c.exp_neg_h), d,
-                    alpha=c.alpha_next * c.one_minus_exp_neg_2h)
+    w, q = c.alpha_next * c.one_minus_exp_neg_2h, (0.5 / c.r0 if c.order >= 2 else 0.0)
+    terms = [(w * (1 + q), pred_x0s[0])] + ([(-w * q, pred_x0s[1])] if c.order >= 2 else [])
     if c.noise_scale > 0:
         if noise is None:
             raise ValueError("noise is required where the step's noise_scale > 0")
-        out = out.add_(noise.to(x.dtype), alpha=c.noise_scale)
+        terms.append((c.noise_scale, noise))
+    return _combine(x, c.sigma_ratio * c.exp_neg_h, *terms)
+
+
+def _combine(x: torch.Tensor, x_weight: float, *terms: tuple[float, torch.Tensor]
+             ) -> torch.Tensor:
+    """x_weight·x + Σ w_k·m_k in x's dtype (each m_k cast to it), one kernel per term."""
+    out = x * x_weight
+    for weight, m in terms:
+        out.add_(m.to(x.dtype), alpha=weight)
     return out

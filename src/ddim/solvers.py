@@ -89,7 +89,7 @@ def solver_coefficients(
     Args:
         solver: one of :data:`SOLVERS` (``"ddim"`` gives the first-order update throughout).
         alpha_bar_t: ᾱ(t_i) for the S grid points t_0 > ... > t_{S-1}, in [0, 1), increasing
-            (0 only at i = 0: zero terminal SNR). Floats, or a 1-D tensor.
+            (0 only at i = 0: zero terminal SNR). Floats, or a 1-D tensor or array.
         alpha_bar_next: ᾱ(t_{i+1}), i.e. ``alpha_bar_t[1:]`` followed by the level after the
             last step: 1 (the clean sample) or ᾱ(0) (``final_alpha="first"``).
 
@@ -184,7 +184,7 @@ def _half_log_snr(alpha_bar: float) -> float:
 
 def _levels(name: str, values: Sequence[float]) -> tuple[float, ...]:
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().to(torch.float64).reshape(-1)
+        values = values.detach().cpu().to(torch.float64)
     if hasattr(values, "tolist") and getattr(values, "ndim", None) == 1:  # tensor, numpy
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not all(
@@ -210,7 +210,7 @@ class MultistepStepper:
             ``"dpmpp_2m_sde"``, which calls it once per step whose noise_scale > 0. The
             deterministic solvers never call it.
 
-    Keeps the last x̂0s (and, for UniPC, the previous x) by reference. UniPC corrects x_i with
+    Keeps the last x̂0s (in x's dtype) and, for UniPC, the previous x. UniPC corrects x_i with
     x̂0_i, computed by the model at the uncorrected x_i (the next step's model call, as
     diffusers), then predicts x_{i+1} from the corrected x_i; the last step is not corrected.
     The returned x_{i+1} is the predictor's (what diffusers' ``step`` returns).
