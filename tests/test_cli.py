@@ -70,7 +70,7 @@ def test_png_grid(loads, capsys, tmp_path):
     assert (status, err) == (0, "")
     with Image.open(tmp_path / "s.png") as im:  # 3 columns, 2 rows of 4×4, padding 1, ×2
         assert (im.format, im.mode, im.size) == ("PNG", "L", (32, 22))
-    assert out.startswith(f"wrote 5 images (tiny, 2 steps, eta 0, leading spacing) to "
+    assert out.startswith(f"wrote 5 images (tiny, 2 steps, eta 0, trailing spacing) to "
                           f"{tmp_path / 's.png'} in ") and out.endswith(" s\n")
     assert os.listdir(tmp_path) == ["s.png"]
 
@@ -133,7 +133,8 @@ def test_every_subcommand_shows_the_shared_options_with_defaults(command, capsys
     for fragment in ["--model MODEL bundled model ('digits', 'digits-cond'), diffusers folder "
                      "or hub id (default: digits)",
                      "--steps STEPS number of DDIM steps, 1..T", "(default: 50)",
-                     "timestep spacing; trailing suits few steps (default: leading)",
+                     "where the steps go: trailing starts at T-1 for every step count; "
+                     "leading is the paper's uniform grid (default: trailing)",
                      "--seed SEED seed of the run; image i uses seed (seed, i) (default: 0)",
                      "--device DEVICE torch device, e.g. cpu or cuda:0"]:
         assert fragment in text, (command, fragment)

@@ -86,7 +86,7 @@ def test_exact_count_partial_last_shard_pack_and_pngs(bundle, tmp_path):
 
     manifest = json.loads((out / MANIFEST).read_text())
     assert {k: manifest[k] for k in ("num", "steps", "eta", "seed", "spacing", "shard_size")
-            } == dict(num=21, steps=3, eta=0.0, seed=0, spacing="leading", shard_size=8)
+            } == dict(num=21, steps=3, eta=0.0, seed=0, spacing="trailing", shard_size=8)
     assert manifest["seed_rule"] == ddim.noise.SEED_RULE
     assert manifest["model"] == str(bundle.name) and len(manifest["weights"]["sha256"]) == 64
     assert manifest["data_range"] == [-1.0, 1.0] and manifest["ddim_version"] == ddim.__version__

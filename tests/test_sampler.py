@@ -5,7 +5,7 @@ import torch
 
 import ddim
 from ddim import NoiseSchedule
-from ddim.schedule import SPACINGS
+from ddim.grid import SPACINGS
 
 
 class Recorder:

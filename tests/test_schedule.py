@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from ddim import NoiseSchedule
-from ddim.schedule import SPACINGS
+from ddim.grid import SPACINGS
 
 
 @pytest.mark.parametrize("name", ["linear", "scaled_linear", "squaredcos_cap_v2"])

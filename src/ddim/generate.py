@@ -35,8 +35,10 @@ import torch
 from . import distributed as dist
 from . import shards
 from ._checks import check_int
+from .grid import DEFAULT_SPACING
 from .images import to_uint8
 from .noise import sample_generators
+from .options import DEFAULT_STEPS
 from .pretrained import Pretrained
 from .run_settings import (
     RunSettings,
@@ -45,7 +47,7 @@ from .run_settings import (
     check_out_dir,
     check_world_size,
 )
-from .sampler import DEFAULT_STEPS, sample_iter
+from .sampler import sample_iter
 from .shards import RunMismatchError, pack  # part of this module's API
 
 __all__ = ["GenerateResult", "Run", "RunMismatchError", "RunSettings", "check_world_size",
@@ -93,7 +95,7 @@ def generate(
     steps: int = DEFAULT_STEPS,
     eta: float = 0.0,
     seed: int = 0,
-    spacing: str = "leading",
+    spacing: str = DEFAULT_SPACING,
     shard_size: int = DEFAULT_SHARD_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,

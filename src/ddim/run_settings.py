@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from ._checks import check_choice, check_eta, check_int
+from .grid import SPACINGS
 from .images import PIL_MODES
 from .models import model_device_dtype
 from .noise import sample_generators
 from .pretrained import Pretrained, load_pretrained
 from .sampler import sample_iter
-from .schedule import SPACINGS
 from .shards import count_shards
 
 

@@ -17,7 +17,7 @@ import torch
 
 from .models import OutputProbe
 from .noise import Generators
-from .options import DEFAULT_STEPS, Callback, SampleOptions  # noqa: F401 (re-exported)
+from .options import Callback, SampleOptions
 from .plan import Plan, make_plan
 from .schedule import NoiseSchedule
 from .thresholding import ClipSample

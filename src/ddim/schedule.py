@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from ._checks import check_eta, check_int
-from .grid import (  # noqa: F401 (SPACINGS re-exported)
+from .grid import (
     DEFAULT_SPACING,
-    SPACINGS,
     explicit_timesteps,
     refuse_with_explicit_grid,
     spaced_timesteps,

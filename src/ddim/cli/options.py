@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import BUNDLED_MODELS
-from ..sampler import DEFAULT_STEPS
-from ..schedule import SPACINGS
+from ..grid import DEFAULT_SPACING, SPACINGS
+from ..options import DEFAULT_STEPS
 
 COMMANDS = frozenset({"sample", "eval", "generate", "invert", "inpaint", "img2img"})
 
@@ -94,8 +94,9 @@ OPTIONS: tuple[Option, ...] = (
            dict(type=positive_int, default=DEFAULT_STEPS), keyword="steps"),
     Option("--eta", "η >= 0: 0 deterministic DDIM, 1 DDPM-like",
            dict(type=number_in(0.0), default=0.0), COMMANDS - {"invert"}, keyword="eta"),
-    Option("--spacing", "timestep spacing; trailing suits few steps",
-           dict(choices=SPACINGS, default="leading"), keyword="spacing"),
+    Option("--spacing", "where the steps go: trailing starts at T-1 for every step count; "
+           "leading is the paper's uniform grid",
+           dict(choices=SPACINGS, default=DEFAULT_SPACING), keyword="spacing"),
     Option("--seed", "seed of the run; image i uses seed (seed, i)",
            dict(type=natural_int, default=0)),
     Option("--device", "torch device, e.g. cpu or cuda:0", dict(default=None), shown="cpu"),
@@ -140,6 +141,6 @@ def add_options(parser: argparse.ArgumentParser, command: str, *,
 
 def library_options(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """The parsed values of ``command``'s options that have a library ``keyword``, by it:
-    ``{"steps": 50, "eta": 0.0, "spacing": "leading"}`` for ``sample``."""
+    ``{"steps": 50, "eta": 0.0, "spacing": "trailing"}`` for ``sample``."""
     return {o.keyword: getattr(args, o.dest) for o in OPTIONS
             if command in o.commands and o.keyword is not None}
