@@ -89,8 +89,9 @@ def test_model_kwargs_and_uncond_kwargs():
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(class_labels=[0, 2]), ValueError, r"class_labels must lie in \[0, 1\], got \[0, 2\]"),
-    (dict(class_labels=[0, -1]), ValueError, r"class_labels must lie in \[0, 1\]"),
+    (dict(class_labels=[0, 3]), ValueError, r"class_labels must lie in \[0, 2\] \(2: the null "
+     r"class, unconditional\), got \[0, 3\]"),
+    (dict(class_labels=[0, -1]), ValueError, r"class_labels must lie in \[0, 2\]"),
     (dict(class_labels=[0]), ValueError, r"one label per sample \(2\), got 1"),
     (dict(class_labels=[0.5, 1.0]), ValueError, r"class_labels must be integers"),
     (dict(class_labels=[0, 1], guidance_scale=-1.0), ValueError,
@@ -123,5 +124,11 @@ def test_bundled_conditional_model():
     w3 = ddim.sample(model, 5, class_labels=labels, guidance_scale=3.0, generator=gens(),
                      batch_size=4)
     assert torch.isfinite(w3).all() and not torch.equal(w3, w1)
-    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 9\], got \[0, 10\]"):
-        ddim.sample(model, 3, class_labels=[0, 10], batch_size=2)
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 10\] \(10: the null "
+                                         r"class, unconditional\), got \[0, 11\]"):
+        ddim.sample(model, 3, class_labels=[0, 11], batch_size=2)
+    # the null class is the unconditional model: as w = 0 with any label
+    null = ddim.sample(model, 5, class_labels=10, generator=gens(), batch_size=4)
+    w0 = ddim.sample(model, 5, class_labels=labels, guidance_scale=0.0, generator=gens(),
+                     batch_size=4)
+    assert torch.equal(null, w0)

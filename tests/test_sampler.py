@@ -332,8 +332,8 @@ def test_setup_is_memoised_but_never_shared_mutably():
     assert torch.equal(first, again)
     assert [c[0][0].item() for c in rec.calls] == NoiseSchedule.linear().timesteps(
         13, "trailing").tolist()
-    table = step_table(NoiseSchedule.linear(), ("spaced", 13, "trailing", 0), "one", 0.3, False,
-                       "epsilon", True)
+    table = step_table(NoiseSchedule.linear(), ("spaced", 13, "trailing", 0), "ddim", "one", 0.3,
+                       False, "epsilon", True)
     assert all(isinstance(v, tuple) for v in (table.grid, table.alpha_bar_t, table.coefficients))
     # other settings are other entries
     other = ddim.sample(Recorder(), 13, 0.0, x_T=x_T, schedule=NoiseSchedule.linear(),

@@ -113,6 +113,10 @@ def inpaint(
     image = _check_image(image, "image")
     mask = _check_mask(mask, image)
     resample = check_int("resample", resample, low=0)
+    if resample and options.get("solver", "ddim") != "ddim":
+        raise ValueError(f"resample={resample} repeats steps, which a multistep solver cannot "
+                         f"(its history moves on); use solver='ddim', got "
+                         f"solver={options['solver']!r}")
     plan = _plan(model, "inpaint", image, dict(options, steps=steps, eta=eta,
                                                 generator=generator, progress=progress))
     x, known, table = plan.x, image.to(plan.x.dtype), plan.table

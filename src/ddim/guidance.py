@@ -97,26 +97,32 @@ def conditioning(
 ) -> Conditioning | None:
     """The validated :class:`Conditioning` for these options, or None when there are none.
 
-    Validates: labels are integers in [0, num_classes) of shape (B,) (or one int for all),
-    guidance needs an unconditional half (a null class, or ``uncond_kwargs``), every keyword
-    tensor has the batch size B.
+    Validates: a class-conditional model gets labels; labels are integers in
+    [0, num_classes) or the null class (unconditional samples), of shape (B,) (or one int for
+    all); guidance needs an unconditional half (a null class, or ``uncond_kwargs``); every
+    keyword tensor has the batch size B.
 
     Raises:
-        ValueError naming the argument: labels for an unconditional model, labels of the wrong
-            shape or range, guidance without conditioning or without an unconditional half,
+        ValueError naming the argument: labels for an unconditional model, none for a
+            class-conditional one, labels of the wrong shape or range, guidance without conditioning or without an unconditional half,
             keyword tensors of the wrong batch size, mismatched keys.
     """
+    num_classes, null = class_info(model)
+    if class_labels is None and num_classes is not None and not model_kwargs:
+        unconditional = f", or the null class {null} for unconditional samples" if (
+            null is not None) else ""
+        raise ValueError(f"the model is class-conditional: pass class_labels (one label or one "
+                         f"per sample: 0..{num_classes - 1}{unconditional})")
     if class_labels is None and guidance_scale is None and not model_kwargs and not uncond_kwargs:
         return None
     cond = {k: _to(v, device) for k, v in (model_kwargs or {}).items()}
     uncond = ({k: _to(v, device) for k, v in uncond_kwargs.items()}
               if uncond_kwargs is not None else None)
-    num_classes, null = class_info(model)
     if class_labels is not None:
         if num_classes is None:
             raise ValueError("class_labels given, but the model is not class-conditional "
                              "(no num_class_embeds in its config)")
-        labels = _labels(class_labels, batch_size, num_classes, device)
+        labels = _labels(class_labels, batch_size, num_classes, null, device)
         cond["class_labels"] = labels
         if uncond is None and null is not None:
             uncond = {"class_labels": torch.full_like(labels, null)}
@@ -160,7 +166,7 @@ def class_info(model: Any) -> tuple[int | None, int | None]:
     return (k - 1, k - 1) if k else (None, None)
 
 
-def _labels(class_labels: Any, batch_size: int, num_classes: int,
+def _labels(class_labels: Any, batch_size: int, num_classes: int, null: int | None,
             device: torch.device) -> torch.Tensor:
     if isinstance(class_labels, numbers.Integral) and not isinstance(class_labels, bool):
         class_labels = [int(class_labels)] * batch_size  # one label (a Python or numpy int)
@@ -173,8 +179,10 @@ def _labels(class_labels: Any, batch_size: int, num_classes: int,
     if labels.shape[0] != batch_size:
         raise ValueError(f"class_labels must have one label per sample ({batch_size}), got "
                          f"{labels.shape[0]}")
-    if (labels < 0).any() or (labels >= num_classes).any():
-        raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got "
+    top = num_classes if null == num_classes else num_classes - 1  # the null class is a label
+    if (labels < 0).any() or (labels > top).any():
+        with_null = f" ({null}: the null class, unconditional)" if top == num_classes else ""
+        raise ValueError(f"class_labels must lie in [0, {top}]{with_null}, got "
                          f"{labels.tolist()[:8]}")
     return labels.to(device=device, dtype=torch.int64)
 

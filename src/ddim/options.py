@@ -21,11 +21,11 @@ from ._checks import check_bool, check_choice, check_device, check_eta, check_in
 from .grid import SPACINGS, refuse_with_explicit_grid
 from .noise import Generators, check_generator_list
 from .schedule import FINAL_ALPHAS, NoiseSchedule
+from .solvers import SOLVERS
 from .step import PREDICTION_TYPES
 from .thresholding import ClipSample, clip_range
 
 DEFAULT_STEPS = 50
-SOLVERS = ("ddim",)
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], Any]
 
@@ -79,6 +79,7 @@ class SampleOptions:
         _check_batch(self)
         if self.timesteps is not None:
             refuse_with_explicit_grid(self.spacing, self.steps_offset)
+        _check_solver_options(self)
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> SampleOptions:
@@ -198,6 +199,19 @@ def _check_batch(o: SampleOptions) -> None:
     elif o.shape is not None and o.batch_size is not None and o.batch_size != o.shape[0]:
         raise ValueError(f"shape {o.shape} contradicts batch_size={o.batch_size}")
     check_generator_list(o.generator, o.batch)
+
+
+def _check_solver_options(o: SampleOptions) -> None:
+    """η, σ̂ and re-derived ε belong to DDIM's update; another solver would ignore them."""
+    if o.solver == "ddim":
+        return
+    what = ("its noise is set by the SDE" if o.solver == "dpmpp_2m_sde"
+            else "it is deterministic; dpmpp_2m_sde is the stochastic multistep solver")
+    for name, value, given in (("eta", o.eta, o.eta != 0), ("sigma_hat", o.sigma_hat, o.sigma_hat),
+                               ("rederive_eps", o.rederive_eps, o.rederive_eps)):
+        if given:
+            raise ValueError(f"{name}={value!r} applies to solver='ddim' only, got "
+                             f"solver={o.solver!r} ({what})")
 
 
 def _check_x0_options(clip_sample: Any, dynamic_threshold: Any,

@@ -33,8 +33,9 @@ from .models import (
 from .options import DEFAULT_STEPS, SampleOptions
 from .prediction import PREDICTION_TYPES
 from .schedule import NoiseSchedule, default_schedule
+from .solvers import solver_coefficients
 from .step import max_eta
-from .steppers import DDIMStepper, ddim_coefficients
+from .steppers import DDIMStepper, SolverStepper, ddim_coefficients, draws_noise
 from .thresholding import clip_range
 
 
@@ -80,24 +81,27 @@ class Plan:
         t = self.t_grid[i].expand(x.shape[0])  # int64 (B,) on x's device, a view: no copy
         return fit_output(self.fn(x_in, t), x, i, self.table.grid[i])
 
-    def stepper(self) -> DDIMStepper:
-        """A fresh stepper for one run over the grid (it owns the run's noise source)."""
-        o = self.options
+    def stepper(self) -> DDIMStepper | SolverStepper:
+        """A fresh stepper for one run over the grid (it owns the run's noise source and, for
+        a multistep solver, its history)."""
+        o, table = self.options, self.table
         noise = (_noise.NoiseSource(self.x.shape, self.generator, self.x.device, self.x.dtype)
-                 if any(c.c_noise > 0 for c in self.table.coefficients) else None)
+                 if draws_noise(table.coefficients) else None)
         bounds = clip_range(o.clip_sample, getattr(self.model, "data_range", (-1.0, 1.0)))
         x0_options = dict(clip_sample=bounds, dynamic_threshold=o.dynamic_threshold,
-                          dynamic_threshold_max=o.dynamic_threshold_max,
-                          rederive_eps=o.rederive_eps)
-        return DDIMStepper(self.table.coefficients, self.table.alpha_bar_t,
-                           self.prediction_type, x0_options, noise)
+                          dynamic_threshold_max=o.dynamic_threshold_max)
+        if o.solver != "ddim":
+            return SolverStepper(table.coefficients, table.alpha_bar_t, self.prediction_type,
+                                 x0_options, noise)
+        return DDIMStepper(table.coefficients, table.alpha_bar_t, self.prediction_type,
+                           dict(x0_options, rederive_eps=o.rederive_eps), noise)
 
     def restarted(self, grid: Sequence[int], x: torch.Tensor) -> Plan:
         """This plan on another grid (strictly decreasing timesteps), run from ``x`` (for
         image-to-image: x is the image noised to the level of the grid's first point)."""
         o = self.options
-        table = step_table(self.schedule, ("explicit", tuple(grid)), o.final_alpha, o.eta,
-                           o.sigma_hat, self.prediction_type, _fuse(o))
+        table = step_table(self.schedule, ("explicit", tuple(grid)), o.solver, o.final_alpha,
+                           o.eta, o.sigma_hat, self.prediction_type, _fuse(o))
         t_grid = torch.tensor(table.grid, dtype=torch.int64, device=x.device)
         return replace(self, table=table, x=x, t_grid=t_grid)
 
@@ -130,8 +134,8 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
                         f"{type(schedule).__name__}")
     ptype = o.prediction_type or getattr(model, "prediction_type", None) or "epsilon"
     check_choice("prediction_type", ptype, PREDICTION_TYPES)
-    table = step_table(schedule, _grid_key(o, schedule), o.final_alpha, o.eta, o.sigma_hat,
-                       ptype, _fuse(o))
+    table = step_table(schedule, _grid_key(o, schedule), o.solver, o.final_alpha, o.eta,
+                       o.sigma_hat, ptype, _fuse(o))
 
     model_device, model_dtype = model_device_dtype(model)
     x = _initial_sample(model, o, model_device)
@@ -169,12 +173,14 @@ def _grid_key(o: SampleOptions, schedule: NoiseSchedule) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def step_table(schedule: NoiseSchedule, grid_key: tuple, final_alpha: str, eta: float,
-               sigma_hat: bool, prediction_type: str, fuse: bool) -> StepTable:
+def step_table(schedule: NoiseSchedule, grid_key: tuple, solver: str, final_alpha: str,
+               eta: float, sigma_hat: bool, prediction_type: str, fuse: bool) -> StepTable:
     """The grid's levels and coefficients in float64, memoised: a pure function of immutable
     arguments (the schedule hashes its ᾱ), so repeated calls with one setup skip ≈300 µs.
 
-    ``grid_key`` is ``("spaced", S, spacing, steps_offset)`` or ``("explicit", timesteps)``.
+    ``grid_key`` is ``("spaced", S, spacing, steps_offset)`` or ``("explicit", timesteps)``;
+    ``solver`` picks the coefficients: DDIM's (:func:`ddim.steppers.ddim_coefficients`) or a
+    multistep solver's (:func:`ddim.solvers.solver_coefficients`).
 
     Raises:
         ValueError: zero terminal SNR on the grid with ε-prediction; an η whose noise σ_t²
@@ -203,7 +209,10 @@ def step_table(schedule: NoiseSchedule, grid_key: tuple, final_alpha: str, eta: 
                 f"noise σ_t² would exceed 1-ᾱ_prev, the whole variance of the next level; the "
                 f"largest eta this grid allows is {float(limit.min()):.6g} (the paper's η lies "
                 "in [0, 1]; sigma_hat=True gives DDPM's larger variance)")
-    coefficients = ddim_coefficients(a_t, a_prev, eta, sigma_hat, prediction_type, fuse)
+    if solver == "ddim":
+        coefficients = ddim_coefficients(a_t, a_prev, eta, sigma_hat, prediction_type, fuse)
+    else:
+        coefficients = solver_coefficients(solver, a_t, a_prev)
     return StepTable(tuple(grid.tolist()), tuple(a_t.tolist()), tuple(a_prev.tolist()),
                      coefficients)
 

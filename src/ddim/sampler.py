@@ -79,7 +79,13 @@ def sample(
         steps: S, the number of model calls, an integer in [1, T] (default 50). With
             ``timesteps`` it must be None or equal to their number.
         eta: η >= 0. 0 is deterministic DDIM (no random numbers drawn), 1 is DDPM-like.
-        solver: the update applied after each model call: ``ddim`` (the paper's eq. 12).
+        solver: the update applied after each model call (:mod:`ddim.solvers`): ``ddim``
+            (default: the paper's eq. 12, any η), ``dpmpp_2m`` and ``dpmpp_3m``
+            (DPM-Solver++ multistep, Lu et al. 2022), ``unipc`` (UniPC-bh2, order 2, Zhao et
+            al. 2023) or ``dpmpp_2m_sde`` (stochastic DPM-Solver++(2M): draws noise from
+            ``generator`` like η > 0). DDIM with η=0 is their first-order case; at 5-20
+            model calls the multistep solvers reach DDIM's quality with fewer calls. η,
+            ``sigma_hat`` and ``rederive_eps`` are DDIM's only.
         x_T: initial noise (B, ...), a floating tensor; sets device, dtype and shape.
         shape: the full shape (B, C, H, W) to draw x_T with, when x_T is not given.
         batch_size: B when neither x_T nor shape is given (shape from the model; default 1).

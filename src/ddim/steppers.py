@@ -1,5 +1,9 @@
 """Steppers: the update the sampler loop applies after each model call, one per solver.
 
+:class:`DDIMStepper` runs DDIM (``solver="ddim"``); :class:`SolverStepper` runs the
+multistep solvers of :mod:`ddim.solvers` (DPM-Solver++(2M/3M), UniPC, 2M SDE) on the same
+grid, prediction types and x̂0 processing.
+
 A stepper is made fresh for every sampling call (a multistep solver carries its history in
 it) from coefficients computed once per setup in float64 (:func:`ddim_coefficients`, memoised
 by :mod:`ddim.plan`). The loop calls ``stepper(i, x, out, details)`` with x_i and the model
@@ -20,7 +24,9 @@ from typing import NamedTuple
 import torch
 
 from .prediction import predict_x0_eps
+from .solvers import MultistepStepper, StepCoefficients
 from .step import StepOutput, apply_step, fused_coefficients, step_coefficients
+from .thresholding import process_x0
 
 Noise = Callable[[], torch.Tensor] | None
 
@@ -86,3 +92,42 @@ class DDIMStepper:
             return StepOutput(prev, None, None)
         pred_x0, pred_eps = predict_x0_eps(x, out, self.alpha_bar_t[i], self.prediction_type)
         return StepOutput(prev, pred_x0, pred_eps)
+
+
+class SolverStepper:
+    """A multistep solver (:mod:`ddim.solvers`) for one sampling call.
+
+    Each step turns the model output into the data prediction x̂0 (processed: clipped or
+    thresholded, as DPM-Solver++ applies thresholding to x̂0) and hands it to the solver's
+    :class:`~ddim.solvers.MultistepStepper`, which carries the history of past x̂0s.
+
+    Args:
+        coefficients: per step, from :func:`ddim.solvers.solver_coefficients`.
+        alpha_bar_t: ᾱ of every grid point (floats).
+        prediction_type: what the model predicts.
+        x0_options: ``clip_sample``, ``dynamic_threshold``, ``dynamic_threshold_max``.
+        noise: draws z ~ N(0, I) of x's shape (the SDE solver only).
+    """
+
+    def __init__(self, coefficients: tuple[StepCoefficients, ...],
+                 alpha_bar_t: tuple[float, ...], prediction_type: str, x0_options: dict,
+                 noise: Noise) -> None:
+        self.solver = MultistepStepper(coefficients, noise)
+        self.alpha_bar_t, self.prediction_type = alpha_bar_t, prediction_type
+        self.x0_options = x0_options
+        self.processed = any(v is not None for v in x0_options.values())
+
+    def __call__(self, i: int, x: torch.Tensor, out: torch.Tensor,
+                 details: bool) -> StepOutput:
+        out = out if out.dtype == x.dtype else out.to(x.dtype)
+        pred_x0, pred_eps = predict_x0_eps(x, out, self.alpha_bar_t[i], self.prediction_type)
+        if self.processed:
+            pred_x0 = process_x0(pred_x0, **self.x0_options)
+        x_next = self.solver(i, x, pred_x0)
+        return StepOutput(x_next, pred_x0 if details else None, pred_eps if details else None)
+
+
+def draws_noise(coefficients: tuple) -> bool:
+    """Whether a run with these per-step coefficients draws any noise."""
+    return any(getattr(c, "c_noise", 0) > 0 or getattr(c, "noise_scale", 0) > 0
+               for c in coefficients)
