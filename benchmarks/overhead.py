@@ -3,6 +3,7 @@
     python benchmarks/overhead.py            # full: more rounds (~15-30 min on 1 core)
     python benchmarks/overhead.py --quick    # fewer rounds, same models and methods
     python benchmarks/overhead.py --threads 4 --models tiny1,tiny16
+    python benchmarks/overhead.py --contexts # the plain call in each grad mode (~1 min)
 
 For each model (random-init diffusers ``UNet2DModel``s, no download) the methods below run
 interleaved: every round runs each of them once, in an order rotated from round to round, so
@@ -69,6 +70,7 @@ from pathlib import Path
 import torch
 
 import ddim
+from ddim.solvers import SOLVERS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -81,6 +83,7 @@ MODELS = {
 # rounds per model: (full, quick)
 ROUNDS = {"tiny1": (21, 9), "tiny16": (11, 5), "cifar16": (3, 2)}
 NULL_ROUNDS = (201, 61)
+CONTEXT_ROUNDS = (15, 7)
 
 
 def build_unet(kind: str):
@@ -204,17 +207,85 @@ def null_methods(shape, steps: int) -> dict[str, Callable[[], object]]:
     def null(x, t, return_dict=False):
         return (cached,)
 
-    def ours(eta):
-        return lambda: ddim.sample(lambda x, t: cached, steps, eta, shape=shape,
+    def ours(eta, solver="ddim"):
+        return lambda: ddim.sample(lambda x, t: cached, steps, eta, shape=shape, solver=solver,
                                    generator=torch.Generator().manual_seed(0))
 
     sched = DDIMScheduler(clip_sample=False)
     return {
         "ddim.sample η=0": ours(0.0),
         "ddim.sample η=1": ours(1.0),
+        **{f"ddim.sample solver={s}": ours(0.0, s) for s in SOLVERS if s != "ddim"},
         "diffusers hand loop η=0": lambda: diffusers_loop(null, sched, shape, steps, 0.0),
         "diffusers hand loop η=1": lambda: diffusers_loop(null, sched, shape, steps, 1.0),
     }
+
+
+def context_methods(unet, steps: int) -> dict[str, tuple[Callable[[], object], str]]:
+    """The plain call and the call inside each grad mode a caller may be in, with the bare
+    loop each is compared with: {name: (callable, name of its bare loop)}. Nothing here runs
+    inside the script's own inference_mode."""
+    cfg = unet.config
+    x = torch.randn((1, cfg.in_channels, cfg.sample_size, cfg.sample_size),
+                    generator=torch.Generator().manual_seed(1))
+    t_rows = [t.expand(1).contiguous() for t in ddim.NoiseSchedule.linear().timesteps(steps)]
+
+    def within(context, fn):
+        def call():
+            with context():
+                return fn()
+        return call
+
+    def bare():
+        for t in t_rows:
+            out = unet(x, t, return_dict=False)[0]
+        return out
+
+    def ours(solver="ddim"):
+        return lambda: ddim.sample(unet, steps, solver=solver,
+                                   generator=torch.Generator().manual_seed(0))
+
+    inference, no_grad = "bare ×S in inference_mode", "bare ×S in no_grad"
+    return {
+        inference: (within(torch.inference_mode, bare), inference),
+        no_grad: (within(torch.no_grad, bare), no_grad),
+        "ddim.sample, plain call (grad mode on)": (ours(), inference),
+        "ddim.sample in the caller's inference_mode": (within(torch.inference_mode, ours()),
+                                                       inference),
+        "ddim.sample in the caller's no_grad": (within(torch.no_grad, ours()), no_grad),
+        **{f"ddim.sample solver={s}, plain call": (ours(s), inference)
+           for s in SOLVERS if s != "ddim"},
+    }
+
+
+def context_table(steps: int, rounds: int) -> list[str]:
+    """Thread CPU time of each context method over its bare loop's, median of interleaved
+    rounds (issue 13's measure: what the plain call pays against the floor)."""
+    unet = build_unet("tiny")
+    methods = context_methods(unet, steps)
+    for fn, _ in methods.values():
+        fn()  # warm up: allocator, lazy imports, the memoised setup
+    names = list(methods)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        gc.collect()
+        gc.disable()
+        try:
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                t0 = time.thread_time()
+                methods[name][0]()
+                seconds[name].append(time.thread_time() - t0)
+        finally:
+            gc.enable()
+    lines = [f"Tiny 8×8×1 UNet (32, 64), B=1, S={steps}: thread CPU time over the bare loop "
+             f"of the same round (median and quartiles of {rounds} interleaved rounds):", "",
+             "| call | its bare loop | CPU time / bare | median ms |", "|---|---|---:|---:|"]
+    for name in names:
+        base = methods[name][1]
+        ratios = [a / b for a, b in zip(seconds[name], seconds[base], strict=True)]
+        lines.append(f"| {name} | {base} | {fmt_range(*quartiles(ratios), 3)} | "
+                     f"{statistics.median(seconds[name]) * 1e3:.1f} |")
+    return lines
 
 
 def run_rounds(methods: dict[str, Callable[[], object]], rounds: int, warmup: Callable[[], None],
@@ -274,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50, help="S, model calls per sample (50)")
     ap.add_argument("--models", default=",".join(MODELS),
                     help=f"comma-separated subset of {','.join(MODELS)}")
-    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.md")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: results/overhead.md, or results/overhead_contexts.md")
+    ap.add_argument("--contexts", action="store_true",
+                    help="only the grad-mode table: the plain call and the call in each grad "
+                         "mode against the bare loop, by thread CPU time (~1 min)")
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
@@ -289,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     import diffusers
+
+    if args.contexts:
+        lines = [f"# The plain call against the floor ({datetime.date.today()}, torch "
+                 f"{torch.__version__}, {args.threads} thread, {cpu_name()}, load {load:.2f})",
+                 "", *context_table(steps, CONTEXT_ROUNDS[pick])]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        write_atomic(args.out or RESULTS / "overhead_contexts.md", text)
+        return 0
 
     main_rows, null_rows, notes = [], [], {}
     units, timers = {}, {}
@@ -391,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_atomic(args.out, text)
-    print(f"written to {args.out}", file=sys.stderr)
+    write_atomic(args.out or RESULTS / "overhead.md", text)
+    print(f"written to {args.out or RESULTS / 'overhead.md'}", file=sys.stderr)
     return 0
 
 

@@ -380,3 +380,25 @@ def test_editing_refuses_options_it_sets_itself():
     with pytest.raises(TypeError, match=r"img2img\(\) got an unexpected keyword argument "
                                         r"'x_T' \(it sets that itself\)"):
         ddim.img2img(Recorder(), x, 0.5, 4, x_T=x)
+
+
+@pytest.mark.parametrize("context", ["plain", "no_grad", "enable_grad", "inference_mode"])
+def test_result_is_an_ordinary_tensor_in_every_grad_mode(context):
+    # the loop runs under inference_mode; what comes back must work wherever the caller uses it
+    ctx = {"plain": torch.enable_grad, "no_grad": torch.no_grad,
+           "enable_grad": torch.enable_grad, "inference_mode": torch.inference_mode}[context]
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    reference = ddim.sample(Recorder(), 5, x_T=x_T)
+    with ctx():
+        for out in (ddim.sample(Recorder(), 5, x_T=x_T),
+                    ddim.sample(Recorder(), 5, x_T=x_T, max_batch_size=1),
+                    ddim.img2img(Recorder(), x_T, 0.5, 5),
+                    ddim.invert(Recorder(), x_T, 5),
+                    ddim.inpaint(Recorder(), x_T, torch.ones(1, 1, 4, 4), 5)):
+            assert out.is_inference() == (context == "inference_mode")
+    out = ddim.sample(Recorder(), 5, x_T=x_T)
+    assert torch.equal(out, reference) and not out.requires_grad
+    w = torch.ones(1, requires_grad=True)
+    (out * w).square().sum().backward()  # saved for backward: fails on an inference tensor
+    assert torch.allclose(w.grad, 2 * out.square().sum())
+    out.add_(1)  # in-place outside inference mode: fails on an inference tensor

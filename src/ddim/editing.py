@@ -26,7 +26,7 @@ from .models import OutputProbe
 from .noise import Generators, NoiseSource
 from .options import SampleOptions, check_keywords
 from .plan import Plan, make_plan
-from .sampler import progress_bar, run
+from .sampler import progress_bar, run, without_autograd
 
 
 def img2img(
@@ -119,24 +119,29 @@ def inpaint(
                          f"solver={options['solver']!r}")
     plan = _plan(model, "inpaint", image, dict(options, steps=steps, eta=eta,
                                                 generator=generator, progress=progress))
+    return without_autograd(lambda: _inpaint(plan, image, mask, resample))
+
+
+def _inpaint(plan: Plan, image: torch.Tensor, mask: torch.Tensor, resample: int
+             ) -> torch.Tensor:
+    """The loop of :func:`inpaint` (under inference mode)."""
     x, known, table = plan.x, image.to(plan.x.dtype), plan.table
     mask = mask.to(x.dtype)
     fresh = NoiseSource(x.shape, plan.generator, x.device, x.dtype)
     stepper = plan.stepper()
     probe = OutputProbe([t for t in table.grid for _ in range(resample + 1)], x.device)
-    for i in progress_bar(range(len(table.grid)), progress, "inpainting"):
+    for i in progress_bar(range(len(table.grid)), plan.options.progress, "inpainting"):
         a_t, a_prev = table.alpha_bar_t[i], table.alpha_bar_prev[i]
         for r in range(resample + 1):
-            with torch.no_grad():
-                out = plan.call(x, i)
-                probe.record(i * (resample + 1) + r, out)
-                x_prev = stepper(i, x, out, False).prev_sample
-                noisy_known = known if a_prev >= 1 else (
-                    math.sqrt(a_prev) * known + math.sqrt(1 - a_prev) * fresh())
-                x_prev = mask * noisy_known + (1 - mask) * x_prev
-                if r < resample:  # RePaint: back up to level ᾱ_t and repeat the step
-                    ratio = a_t / a_prev
-                    x = math.sqrt(ratio) * x_prev + math.sqrt(1 - ratio) * fresh()
+            out = plan.call(x, i)
+            probe.record(i * (resample + 1) + r, out)
+            x_prev = stepper(i, x, out, False).prev_sample
+            noisy_known = known if a_prev >= 1 else (
+                math.sqrt(a_prev) * known + math.sqrt(1 - a_prev) * fresh())
+            x_prev = mask * noisy_known + (1 - mask) * x_prev
+            if r < resample:  # RePaint: back up to level ᾱ_t and repeat the step
+                ratio = a_t / a_prev
+                x = math.sqrt(ratio) * x_prev + math.sqrt(1 - ratio) * fresh()
         x = x_prev
     probe.check(x)
     return x

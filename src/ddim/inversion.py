@@ -25,9 +25,9 @@ import torch
 from ._checks import check_choice, check_float, check_int
 from .models import OutputProbe
 from .options import SampleOptions
-from .plan import make_plan
+from .plan import Plan, make_plan
 from .prediction import predict_x0_eps
-from .sampler import progress_bar
+from .sampler import progress_bar, without_autograd
 from .schedule import NoiseSchedule
 from .step import ddim_step
 
@@ -84,6 +84,12 @@ def invert(
         class_labels=class_labels, guidance_scale=guidance_scale, model_kwargs=model_kwargs,
         uncond_kwargs=uncond_kwargs, progress=progress, x_name="x0")
     plan = make_plan(model, options)
+    return without_autograd(lambda: _invert(plan, method, max_iters, tol, anderson))
+
+
+def _invert(plan: Plan, method: str, max_iters: int, tol: float, anderson: int
+            ) -> torch.Tensor:
+    """The upward loop of :func:`invert` (under inference mode)."""
     table, ptype = plan.table, plan.prediction_type
     order = list(range(len(table.grid) - 1, -1, -1))
     probe = OutputProbe([table.grid[i] for i in order], plan.x.device)
@@ -96,17 +102,16 @@ def invert(
             return out
         return predict_x0_eps(y, out.to(y.dtype), table.alpha_bar_t[i], ptype)[1]
 
-    for j, i in enumerate(progress_bar(order, progress, "inverting")):
+    for j, i in enumerate(progress_bar(order, plan.options.progress, "inverting")):
         a_from, a_to = table.alpha_bar_prev[i], table.alpha_bar_t[i]
 
         def up(eps: torch.Tensor, x=x, a_from=a_from, a_to=a_to) -> torch.Tensor:
             return ddim_step(x, eps, a_from, a_to).prev_sample
 
-        with torch.no_grad():
-            x_next = up(eps_at(x, i, j))
-            if method == "fixed_point":
-                x_next = solve_fixed_point(lambda y, i=i, j=j, up=up: up(eps_at(y, i, j)),
-                                           x_next, max_iters, tol, anderson)
+        x_next = up(eps_at(x, i, j))
+        if method == "fixed_point":
+            x_next = solve_fixed_point(lambda y, i=i, j=j, up=up: up(eps_at(y, i, j)),
+                                       x_next, max_iters, tol, anderson)
         x = x_next
     probe.check(x)
     return x

@@ -9,7 +9,8 @@ with the device: the probes are checked once, at the end.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,8 @@ def sample(
         model_kwargs, uncond_kwargs: conditioning tensors (batch first) passed to the model as
             keywords, e.g. ``encoder_hidden_states``; ``uncond_kwargs`` is the unconditional
             half for guidance.
-        callback: called as ``callback(i, t, x, pred_x0)`` after step i, x being the new sample.
+        callback: called as ``callback(i, t, x, pred_x0)`` after step i, x being the new sample
+            (inference tensors: copy them, ``x.clone()``, to use them in autograd later).
         progress: show a tqdm progress bar.
         max_batch_size: run the batch in chunks of at most this many samples (bounded
             memory). x_T is drawn for the whole batch first; with a list of per-sample
@@ -181,27 +183,42 @@ def sample_iter(
 def run(plan: Plan) -> torch.Tensor:
     """The final sample of ``plan``, in chunks of ``max_batch_size`` rows if it is set.
 
-    x̂0 and ε̂ are not computed unless a callback looks at them (the fused step skips them).
+    The whole run is one ``torch.inference_mode()`` block (no autograd bookkeeping at all:
+    the plain call costs what a caller's own inference_mode would), and the result is handed
+    back as an ordinary tensor, usable anywhere, autograd included (one copy; none when the
+    caller is in inference mode already). x̂0 and ε̂ are not computed unless a callback looks
+    at them (the fused step skips them).
     """
     details = plan.options.callback is not None
     k = plan.options.max_batch_size
     if k is None or k >= plan.x.shape[0]:
-        return _last(loop(plan, details))
-    return torch.cat([_last(loop(plan.rows(slice(lo, lo + k)), details))
-                      for lo in range(0, plan.x.shape[0], k)])
+        return without_autograd(lambda: _last(loop(plan, details, guard=False)))
+    return without_autograd(lambda: torch.cat([
+        _last(loop(plan.rows(slice(lo, lo + k)), details, guard=False))
+        for lo in range(0, plan.x.shape[0], k)]))
 
 
-def loop(plan: Plan, details: bool) -> Iterator[SampleStep]:
+def without_autograd(compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()`` run under ``torch.inference_mode()``, its result handed back as an
+    ordinary tensor (one copy; none when the caller is in inference mode already)."""
+    with torch.inference_mode():
+        x = compute()
+    return x if torch.is_inference_mode_enabled() else x.clone()
+
+
+def loop(plan: Plan, details: bool, guard: bool = True) -> Iterator[SampleStep]:
     """The sampling loop over ``plan``'s grid; ``details=False`` leaves pred_x0/pred_eps None
     where the fused step skips them (the samples are the same either way).
 
-    Each step runs without autograd (sampling builds no graph), entered per step so that the
-    caller's grad mode never leaks across a ``yield``.
+    With ``guard`` each step runs under ``torch.no_grad()`` (sampling builds no graph),
+    entered per step so that the caller's grad mode never leaks across a ``yield``; without,
+    the caller has switched autograd off itself (:func:`run`).
     """
     x, grid, callback = plan.x, plan.grid, plan.options.callback
     stepper, probe = plan.stepper(), OutputProbe(grid, x.device)
+    no_grad = torch.no_grad if guard else contextlib.nullcontext
     for i in progress_bar(range(len(grid)), plan.options.progress, "sampling"):
-        with torch.no_grad():
+        with no_grad():
             out = plan.call(x, i)
             probe.record(i, out)
             x, pred_x0, pred_eps = stepper(i, x, out, details)
