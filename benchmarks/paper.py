@@ -31,9 +31,6 @@ Outputs: benchmarks/results/paper.md (tables) and paper.png (FD against S, a lin
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import json
 import sys
 import time
 from pathlib import Path
@@ -44,6 +41,9 @@ import ddim
 from ddim.digits import digits_split, load_digits_images
 from ddim.evaluation import extract_features, fd_from_features, load_digits_classifier
 from ddim.io import atomic_write, atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cells import key, load_cells, save_cells  # noqa: E402  (benchmarks/cells.py)
 
 RESULTS = Path(__file__).parent / "results"
 ETAS = ["0", "0.2", "0.5", "1", "hat"]
@@ -77,10 +77,6 @@ def plan(n: int) -> list[dict]:
         for steps in (50, 100):
             cells += [dict(kind="fd", steps=steps, eta=e, seed=seed, n=n) for e in ETAS]
     return cells
-
-
-def key(cell: dict) -> str:
-    return "|".join(f"{k}={cell[k]}" for k in sorted(cell))
 
 
 class Lab:
@@ -156,28 +152,13 @@ def measure_speed(lab: Lab, threads: int, n: int = 100, rounds: int = 3) -> dict
     return out
 
 
-def load_cells(out: Path) -> dict:
-    path = out / "paper_cells.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def load(out: Path) -> dict:
+    return load_cells(out / "paper_cells.json")
 
 
-@contextlib.contextmanager
-def _locked(out: Path):
-    with open(out / ".paper_cells.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def save_cells(out: Path, new: dict) -> dict:
+def save(out: Path, new: dict) -> dict:
     """Merge `new` into paper_cells.json (atomically, under a lock); return the merged dict."""
-    with _locked(out):
-        done = load_cells(out)
-        done.update(new)
-        atomic_write_text(out / "paper_cells.json", json.dumps(done, indent=1) + "\n")
-    return done
+    return save_cells(out / "paper_cells.json", new)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -207,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    done = load_cells(args.out)
+    done = load(args.out)
     if args.speed:
-        done = save_cells(args.out, measure_speed(Lab(args.batch_size, args.out), args.threads))
+        done = save(args.out, measure_speed(Lab(args.batch_size, args.out), args.threads))
     elif not args.report:
         lab, start = Lab(args.batch_size, args.out), time.perf_counter()
         index, count = args.shard
@@ -220,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("time limit reached; rerun to resume", file=sys.stderr)
                 break
             result = lab.run(cell, args.progress)
-            done = save_cells(args.out, {k: dict(cell, **result, threads=args.threads,
+            done = save(args.out, {k: dict(cell, **result, threads=args.threads,
                                                  batch_size=args.batch_size)})
             print(f"{k}: {result}", file=sys.stderr, flush=True)
     report = render(done, args.n)
