@@ -18,6 +18,18 @@ def make_tiny_unet(seed: int = 0, out_channels: int = 1):
     ).eval()
 
 
+@pytest.fixture(autouse=True)
+def _float32_on_cuda(request):
+    """CUDA tests compare with the CPU: TF32 off (and restored) while each one runs."""
+    if request.node.get_closest_marker("cuda") is None:
+        yield
+        return
+    from ddim.backends import strict_float32
+
+    with strict_float32():
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_unet():
     return make_tiny_unet()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ddim
+import ddim.backends
 
 
 def _sample(model, steps, x_T):
@@ -101,7 +102,7 @@ def test_wrong_result_is_refused_not_used(monkeypatch, digits):
                                                            fn(x, t) + 1.0))
     fast = ddim.accelerate(digits, "trace")
     x_T = torch.randn(1, 1, 8, 8)
-    with pytest.warns(RuntimeWarning, match="differs from the eager model"):
+    with pytest.warns(RuntimeWarning, match="differs from the float32 model"):
         out = _sample(fast, 3, x_T)
     torch.testing.assert_close(out, _sample(digits, 3, x_T))
 
@@ -121,3 +122,39 @@ def test_cuda_graph_matches_eager():
     x_T = torch.randn(2, 1, 8, 8, device="cuda")
     assert _max_rel(_sample(fast, 10, x_T), _sample(gpu, 10, x_T)) <= 1e-5
     assert not fast.model.fallbacks
+
+
+def test_a_wrong_compiled_graph_still_falls_back(digits, monkeypatch):
+    from ddim.accelerate import Accelerated
+
+    def wrong(fn, x, t):  # "compiles" to a graph that is off by 1e-2 of the output's scale
+        return lambda x, t: fn(x, t) * 1.01
+
+    monkeypatch.setattr(Accelerated, "_compile", staticmethod(wrong))
+    fast = ddim.accelerate(digits, "compile")
+    with pytest.warns(RuntimeWarning, match=r"compile is not used .*output differs from the "
+                                            r"float32 model by 1\.0\de-02"):
+        _sample(fast, 3, torch.randn(2, 1, 8, 8))
+    assert fast.model.fallbacks and fast.model.noise == 0.0  # CPU: no device noise
+
+
+def test_the_tolerance_follows_the_devices_own_noise():
+    from ddim.accelerate import tolerance
+
+    assert tolerance(1e-4, 0.0) == 1e-4  # CPU float32: as before
+    # TF32 on a GPU: eager itself errs by ~6.5e-4 (measured, H200); compiled graphs by about
+    # as much must pass, a wrong graph (O(1e-2) and more) must not
+    assert tolerance(1e-4, 6.5e-4) > 9.9e-4
+    assert tolerance(1e-4, 6.5e-4) < 1e-2
+
+
+def test_strict_float32_restores_the_flags_even_on_error():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32, torch.get_float32_matmul_precision(),
+              cudnn.deterministic, cudnn.benchmark)
+    with pytest.raises(KeyError), ddim.backends.strict_float32():
+        assert not cudnn.allow_tf32 and not matmul.allow_tf32 and cudnn.deterministic
+        assert torch.get_float32_matmul_precision() == "highest"
+        raise KeyError
+    assert (cudnn.allow_tf32, matmul.allow_tf32, torch.get_float32_matmul_precision(),
+            cudnn.deterministic, cudnn.benchmark) == before
