@@ -71,7 +71,20 @@ def randn(shape: Sequence[int], generator: Generators, device: torch.device,
     else:
         z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device,
                                      dtype=torch.float32) for g in generator])
-    return z.to(device=device, dtype=dtype)
+    return to_device(z, device).to(dtype)
+
+
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` on ``device`` as a tensor of its own; host to GPU through pinned memory and
+    an asynchronous copy (a pageable copy would stall the host until the GPU caught up).
+
+    The pinned block comes from PyTorch's caching host allocator, which hands it out again
+    only once the copy that reads it has run.
+    """
+    device = torch.device(device)
+    if values.device.type == "cpu" and device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device, copy=True)
 
 
 class NoiseSource:

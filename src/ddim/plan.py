@@ -102,7 +102,7 @@ class Plan:
         o = self.options
         table = step_table(self.schedule, ("explicit", tuple(grid)), o.solver, o.final_alpha,
                            o.eta, o.sigma_hat, self.prediction_type, _fuse(o))
-        t_grid = torch.tensor(table.grid, dtype=torch.int64, device=x.device)
+        t_grid = _noise.to_device(torch.tensor(table.grid, dtype=torch.int64), x.device)
         return replace(self, table=table, x=x, t_grid=t_grid)
 
     def rows(self, part: slice) -> Plan:
@@ -147,7 +147,7 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
                         uncond_kwargs=o.uncond_kwargs)
     if o.x_T is None:
         x = _noise.randn(x.shape, o.generator, x.device, x.dtype)
-    t_grid = torch.tensor(table.grid, dtype=torch.int64, device=x.device)
+    t_grid = _noise.to_device(torch.tensor(table.grid, dtype=torch.int64), x.device)
     return Plan(model, o, schedule, ptype, table, x, t_grid,
                 fn if cond is None else cond.model_fn(model), model_dtype, o.generator, cond)
 
@@ -222,8 +222,8 @@ def _initial_sample(model: Any, o: SampleOptions,
     """x_T as a fresh state-dtype copy on its device, or an empty tensor of the right shape."""
     if o.x_T is not None:
         state = o.dtype or torch.promote_types(o.x_T.dtype, torch.float32)
-        return o.x_T.to(device=o.device if o.device is not None else o.x_T.device, dtype=state,
-                        copy=True)
+        return _noise.to_device(o.x_T, o.device if o.device is not None else o.x_T.device
+                                ).to(state)
     shape: Sequence[int] | None = o.shape
     if shape is None:
         sample_shape = model_sample_shape(model)
