@@ -17,6 +17,9 @@ Modes (combine several, applied in this order):
   warmed up outside any ``inference_mode`` so that later calls do not recompile.
 - ``cuda_graph``: capture one forward per input shape into a CUDA graph with static buffers
   and replay it (CUDA only): removes kernel-launch overhead at small batches.
+- ``graph_loop``: capture the whole sampling loop (all S forwards and updates, the noise
+  drawn ahead) as one CUDA graph per setup and replay it (:mod:`ddim.graph_loop`; CUDA only;
+  not with ``cuda_graph``). The sampler hands such a model its whole plan.
 
 Every mode is checked on its first call, on two probe inputs, against the eager network's
 float32 answer (computed under :func:`ddim.backends.strict_float32`); when it cannot be built
@@ -37,9 +40,12 @@ from typing import Any
 import torch
 
 from .backends import strict_float32
+from .graph_loop import LoopGraphs
 from .models import as_model_fn
 
-MODES = ("channels_last", "autocast_bf16", "autocast_fp16", "trace", "compile", "cuda_graph")
+MODES = ("channels_last", "autocast_bf16", "autocast_fp16", "trace", "compile", "cuda_graph",
+         "graph_loop")
+_GRAPHED = ("trace", "compile", "cuda_graph")  # modes that replace the forward
 # default agreement required of an accelerated forward, relative to max|eager output|
 TOLERANCE = {"autocast_bf16": 5e-2, "autocast_fp16": 1e-2}
 
@@ -56,12 +62,18 @@ def accelerate(model: Any, *modes: str, rtol: float | None = None) -> Any:
     Returns:
         An object :func:`ddim.sample` accepts, computing the same function (a bundle stays a
         bundle with its schedule, shape and prediction type).
+
+    Raises:
+        ValueError: no mode, an unknown mode, or both ``graph_loop`` and ``cuda_graph``.
     """
     if not modes:
         raise ValueError(f"accelerate needs at least one mode from {MODES}")
     for m in modes:
         if m not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {m!r}")
+    if "graph_loop" in modes and "cuda_graph" in modes:
+        raise ValueError("modes 'graph_loop' and 'cuda_graph' exclude each other: graph_loop "
+                         "captures the whole loop, forwards included")
     network = getattr(model, "model", model) if hasattr(model, "schedule") else model
     tol = rtol if rtol is not None else max([TOLERANCE.get(m, 1e-4) for m in modes])
     fast = Accelerated(network, tuple(modes), tol)
@@ -95,6 +107,8 @@ class Accelerated:
     def __init__(self, network: Any, modes: tuple[str, ...], rtol: float) -> None:
         self.network, self.modes, self.rtol = network, modes, rtol
         self.noise = 0.0  # the eager network's own float32 error here, set by _build
+        # the whole sampling loop as CUDA graphs, run by the sampler (ddim.graph_loop)
+        self.loop_graphs = LoopGraphs() if "graph_loop" in modes else None
         self._eager = as_model_fn(network)
         self._forwards: dict[tuple, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
         self.fallbacks: list[str] = []  # what fell back to eager, and why
@@ -131,8 +145,8 @@ class Accelerated:
                            ("cuda_graph", self._cuda_graph)):
             if mode in self.modes:
                 fn = self._checked(mode, wrap, fn, probes, reference)
-        base = [m for m in self.modes if m not in ("trace", "compile", "cuda_graph")]
-        if base and not any(m in self.modes for m in ("trace", "compile", "cuda_graph")):
+        base = [m for m in self.modes if m not in (*_GRAPHED, "graph_loop")]
+        if base and not any(m in self.modes for m in _GRAPHED):
             fn = self._checked("+".join(base), lambda f, *_: f, fn, probes, reference)
         return fn
 

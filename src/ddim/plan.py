@@ -12,7 +12,7 @@ arguments always give the same grid.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,12 +81,20 @@ class Plan:
         t = self.t_grid[i].expand(x.shape[0])  # int64 (B,) on x's device, a view: no copy
         return fit_output(self.fn(x_in, t), x, i, self.table.grid[i])
 
-    def stepper(self) -> DDIMStepper | SolverStepper:
+    def noise_source(self) -> _noise.NoiseSource | None:
+        """The source of this run's step noise (drawn from its generators), or None when no
+        step draws any (η = 0, the deterministic solvers)."""
+        if not draws_noise(self.table.coefficients):
+            return None
+        return _noise.NoiseSource(self.x.shape, self.generator, self.x.device, self.x.dtype)
+
+    def stepper(self, noise: Callable[[], torch.Tensor] | None = None
+                ) -> DDIMStepper | SolverStepper:
         """A fresh stepper for one run over the grid (it owns the run's noise source and, for
-        a multistep solver, its history)."""
+        a multistep solver, its history). ``noise``: draws to use instead of the generators'
+        (the whole-loop CUDA graph passes draws made ahead)."""
         o, table = self.options, self.table
-        noise = (_noise.NoiseSource(self.x.shape, self.generator, self.x.device, self.x.dtype)
-                 if draws_noise(table.coefficients) else None)
+        noise = noise or self.noise_source()
         bounds = clip_range(o.clip_sample, getattr(self.model, "data_range", (-1.0, 1.0)))
         x0_options = dict(clip_sample=bounds, dynamic_threshold=o.dynamic_threshold,
                           dynamic_threshold_max=o.dynamic_threshold_max)

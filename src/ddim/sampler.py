@@ -183,19 +183,27 @@ def sample_iter(
 def run(plan: Plan) -> torch.Tensor:
     """The final sample of ``plan``, in chunks of ``max_batch_size`` rows if it is set.
 
-    The whole run is one ``torch.inference_mode()`` block (no autograd bookkeeping at all:
-    the plain call costs what a caller's own inference_mode would), and the result is handed
+    A model accelerated with ``graph_loop`` runs the whole plan as one CUDA graph
+    (:mod:`ddim.graph_loop`). The whole run is one ``torch.inference_mode()`` block (no
+    autograd bookkeeping at all: the plain call costs what a caller's own inference_mode
+    would), and the result is handed
     back as an ordinary tensor, usable anywhere, autograd included (one copy; none when the
     caller is in inference mode already). x̂0 and ε̂ are not computed unless a callback looks
     at them (the fused step skips them).
     """
     details = plan.options.callback is not None
+    network = getattr(plan.model, "model", plan.model)
+    graphs = getattr(network, "loop_graphs", None)  # ddim.accelerate(..., "graph_loop")
+
+    def whole(part: Plan) -> torch.Tensor:
+        x = graphs.run(part) if graphs is not None else None
+        return x if x is not None else _last(loop(part, details, guard=False))
+
     k = plan.options.max_batch_size
     if k is None or k >= plan.x.shape[0]:
-        return without_autograd(lambda: _last(loop(plan, details, guard=False)))
-    return without_autograd(lambda: torch.cat([
-        _last(loop(plan.rows(slice(lo, lo + k)), details, guard=False))
-        for lo in range(0, plan.x.shape[0], k)]))
+        return without_autograd(lambda: whole(plan))
+    return without_autograd(lambda: torch.cat([whole(plan.rows(slice(lo, lo + k)))
+                                               for lo in range(0, plan.x.shape[0], k)]))
 
 
 def without_autograd(compute: Callable[[], torch.Tensor]) -> torch.Tensor:
