@@ -1,0 +1,35 @@
+"""The benchmark scripts that need hardware this machine may lack still run their code path
+here, on small settings (their real figures come from their own runs, in the README)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
+    import gpu
+
+    out = tmp_path / "gpu.md"
+    assert gpu.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    for row in ("bare UNet ×S", "DDIMPipeline", "ddim eager", "ddim graph_loop",
+                "ddim bf16 + graph_loop", "bare forward", "ddim.sample, per step"):
+        assert f"| {row} |" in text or f"| digits, b1 | {row} |" in text, row
+    assert "graph_loop is not used (CUDA graphs need a CUDA device)" in text
+
+
+def test_solver_benchmark_grids():
+    import solvers
+
+    import ddim
+
+    s = ddim.NoiseSchedule.linear()
+    for steps in (3, 6, 10):
+        grid = solvers.logsnr_grid(s, steps)
+        assert len(grid) == steps and grid[0] == 999 and grid[-1] == 0
+        assert all(b < a for a, b in zip(grid, grid[1:], strict=False))
+    assert len(solvers.plan()) == 3 * 6 * 15 + 3 * 10  # 3 seeds up to 10 calls, 1 above
