@@ -231,19 +231,11 @@ class NoiseSchedule:
     ) -> torch.Tensor:
         """The sampling grid τ: exactly ``steps`` distinct, strictly decreasing timesteps.
 
-        Args:
-            steps: S, an integer in [1, T] placed by ``spacing`` (see
-                :func:`ddim.grid.spaced_timesteps`); or an explicit sequence of timesteps
-                (strictly decreasing integers in [0, T)), returned as given.
-            spacing: ``trailing`` (default), ``leading``, ``linspace`` or ``quad``.
-            steps_offset: added to every ``leading`` point (diffusers' ``steps_offset``;
-                default 0).
-
-        Returns:
-            int64 CPU tensor of shape (S,), strictly decreasing, values in [0, T).
-
-        Raises:
-            TypeError / ValueError naming the parameter for a bad S, spacing, offset or grid.
+        ``steps``: S in [1, T], placed by ``spacing`` (default ``trailing``) and
+        ``steps_offset`` (default 0) as :func:`ddim.grid.spaced_timesteps` says; or an explicit
+        sequence (strictly decreasing integers in [0, T)), returned as given (then spacing and
+        steps_offset are refused). Returns an int64 CPU tensor of shape (S,); raises
+        TypeError / ValueError naming the parameter for a bad S, spacing, offset or grid.
         """
         T = self.num_train_timesteps
         if isinstance(steps, (Sequence, torch.Tensor)) and not isinstance(steps, str):

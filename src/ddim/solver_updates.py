@@ -2,7 +2,7 @@
 
 x and the x̂0s (``pred_x0s``, newest first: x̂0_i, x̂0_{i-1}, ...) are (B, ...) float32 or
 float64 tensors; the x̂0s are cast to x's dtype and the result has x's dtype. Each update
-reads its order from ``c.order`` (a :class:`ddim.solvers.StepCoefficients`, float64 scalars)
+reads its order from ``c.order`` (a :class:`StepCoefficients`, float64 scalars)
 and needs that many x̂0s. Notation as in :mod:`ddim.solvers`: every update has the form
 x_{i+1} = (σ_{i+1}/σ_i)·x_i + α_{i+1}·[h·φ_1 D0 + h·φ_2 D1 + h·φ_3 D2]. Each update expands
 its D's into one weight per tensor (float64 scalar algebra) and applies x·w_x + Σ w_k·x̂0_k,
@@ -12,12 +12,33 @@ one elementwise kernel per term.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 
-if TYPE_CHECKING:
-    from .solvers import StepCoefficients
+
+class StepCoefficients(NamedTuple):
+    """The float64 scalars of one step x_i -> x_{i+1} (immutable, hashable).
+
+    All are finite, except ``h`` = +∞ on a step onto ᾱ = 1 or from ᾱ = 0, and ``r0``/``r1``
+    = +∞ after a step from ᾱ = 0 (zero terminal SNR), which makes that difference term vanish.
+    """
+
+    solver: str  # one of SOLVERS
+    order: int  # order of this step's update: 1 (warm-up, final steps), 2 or 3
+    h: float  # h_i = λ_{i+1} - λ_i
+    r0: float  # h_{i-1}/h_i (0 where order < 2)
+    r1: float  # h_{i-2}/h_i (0 where order < 3)
+    alpha_next: float  # α_{i+1} = sqrt(ᾱ_{i+1})
+    sigma_next: float  # σ_{i+1} = sqrt(1 - ᾱ_{i+1})
+    sigma_ratio: float  # σ_{i+1}/σ_i
+    exp_neg_h: float  # e^{-h_i}
+    h_phi_1: float  # h·φ_1(-h) = 1 - e^{-h}, in (0, 1]
+    h_phi_2: float  # h·φ_2(-h) = 1 - (1 - e^{-h})/h, 1 at h = ∞
+    h_phi_3: float  # h·φ_3(-h) = 1/2 - (h - 1 + e^{-h})/h², 1/2 at h = ∞
+    rho_c: tuple[float, float]  # UniC weights (ρ_1, ρ_last) for correcting x_{i+1}; else 0s
+    one_minus_exp_neg_2h: float  # 1 - e^{-2h} (2M SDE); 0 for the ODE solvers
+    noise_scale: float  # σ_{i+1}·sqrt(1 - e^{-2h}) (2M SDE); 0 for the ODE solvers
 
 
 def first_order_update(x: torch.Tensor, pred_x0: torch.Tensor, c: StepCoefficients

@@ -31,12 +31,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 
 from ._checks import check_choice
 from .solver_updates import (
+    StepCoefficients,
     dpmpp_2m_sde_update,
     dpmpp_2m_update,
     dpmpp_3m_update,
@@ -55,30 +55,6 @@ SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde")
 STOCHASTIC_SOLVERS = ("dpmpp_2m_sde",)
 _MAX_ORDER = {"ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "unipc": 2, "dpmpp_2m_sde": 2}
 _FEW_STEPS = 15  # diffusers' `lower_order_final` applies only below 15 steps (DPM-Solver++)
-
-
-class StepCoefficients(NamedTuple):
-    """The float64 scalars of one step x_i -> x_{i+1} (immutable, hashable).
-
-    All are finite, except ``h`` = +∞ on a step onto ᾱ = 1 or from ᾱ = 0, and ``r0``/``r1``
-    = +∞ after a step from ᾱ = 0 (zero terminal SNR), which makes that difference term vanish.
-    """
-
-    solver: str  # one of SOLVERS
-    order: int  # order of this step's update: 1 (warm-up, final steps), 2 or 3
-    h: float  # h_i = λ_{i+1} - λ_i
-    r0: float  # h_{i-1}/h_i (0 where order < 2)
-    r1: float  # h_{i-2}/h_i (0 where order < 3)
-    alpha_next: float  # α_{i+1} = sqrt(ᾱ_{i+1})
-    sigma_next: float  # σ_{i+1} = sqrt(1 - ᾱ_{i+1})
-    sigma_ratio: float  # σ_{i+1}/σ_i
-    exp_neg_h: float  # e^{-h_i}
-    h_phi_1: float  # h·φ_1(-h) = 1 - e^{-h}, in (0, 1]
-    h_phi_2: float  # h·φ_2(-h) = 1 - (1 - e^{-h})/h, 1 at h = ∞
-    h_phi_3: float  # h·φ_3(-h) = 1/2 - (h - 1 + e^{-h})/h², 1/2 at h = ∞
-    rho_c: tuple[float, float]  # UniC weights (ρ_1, ρ_last) for correcting x_{i+1}; else 0s
-    one_minus_exp_neg_2h: float  # 1 - e^{-2h} (2M SDE); 0 for the ODE solvers
-    noise_scale: float  # σ_{i+1}·sqrt(1 - e^{-2h}) (2M SDE); 0 for the ODE solvers
 
 
 def solver_coefficients(
