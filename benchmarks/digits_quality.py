@@ -30,6 +30,7 @@ from ddim.evaluation import (
     load_digits_classifier,
 )
 from ddim.io import atomic_write_text
+from ddim.noise import sample_generators
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         chunks = []
         for lo in range(0, args.num, args.batch_size):
             n = min(args.batch_size, args.num - lo)
-            gens = [torch.Generator().manual_seed(args.seed * 1_000_003 + i)
-                    for i in range(lo, lo + n)]
+            gens = sample_generators(args.seed, lo, lo + n)  # ddim generate's seed rule
             chunks.append(ddim.sample(model, steps, 0.0, batch_size=n, generator=gens,
                                       spacing=args.spacing))
         seconds = time.perf_counter() - start

@@ -41,6 +41,7 @@ import ddim
 from ddim.digits import digits_split, load_digits_images
 from ddim.evaluation import extract_features, fd_from_features, load_digits_classifier
 from ddim.io import atomic_write, atomic_write_text
+from ddim.noise import sample_generators
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cells import key, load_cells, save_cells  # noqa: E402  (benchmarks/cells.py)
@@ -57,8 +58,15 @@ PAPER_INVERSION = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009}
 SPACING = "leading"  # the paper's uniform grid i·T/S (section 4.2)
 
 
+RULE = "sample_seed"  # cells record the seed rule: results of an older rule are not reused
+
+
 def plan(n: int) -> list[dict]:
     """Every cell, most informative first (the 1000-step cells are the expensive ones)."""
+    return [dict(cell, rule=RULE) for cell in _cells(n)]
+
+
+def _cells(n: int) -> list[dict]:
     cells = []
     for steps in STEPS[:-1]:
         cells += [dict(kind="fd", steps=steps, eta=e, seed=0, n=n) for e in ETAS]
@@ -95,7 +103,7 @@ class Lab:
         out = []
         for lo in range(0, n, self.batch_size):
             hi = min(n, lo + self.batch_size)
-            gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(lo, hi)]
+            gens = sample_generators(seed, lo, hi)  # ddim generate's seed rule
             kw = dict(sigma_hat=True) if eta == "hat" else dict(eta=float(eta))
             out.append(ddim.sample(self.model, steps, batch_size=hi - lo, generator=gens,
                                    progress=progress, spacing=SPACING, **kw))
@@ -116,7 +124,8 @@ class Lab:
             return dict(mse=(back - x0).square().mean().item(), n=len(x0),
                         seconds=time.perf_counter() - start)
         if cell["kind"] == "consistency":
-            x_T = torch.randn(cell["n"], 1, 8, 8, generator=torch.Generator().manual_seed(0))
+            x_T = ddim.noise.randn((cell["n"], 1, 8, 8), sample_generators(0, 0, cell["n"]),
+                                   torch.device("cpu"), torch.float32)
             ref = self._reference_1000(x_T, progress)
             x = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress,
                             spacing=SPACING)
@@ -212,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fd(done: dict, steps: int, eta: str, seed: int, n: int) -> dict | None:
-    return done.get(key(dict(kind="fd", steps=steps, eta=eta, seed=seed, n=n)))
+    return done.get(key(dict(kind="fd", steps=steps, eta=eta, seed=seed, n=n, rule=RULE)))
 
 
 def _fd_seeds(done: dict, steps: int, eta: str, n: int) -> list[float]:
