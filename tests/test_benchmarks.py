@@ -32,4 +32,5 @@ def test_solver_benchmark_grids():
         grid = solvers.logsnr_grid(s, steps)
         assert len(grid) == steps and grid[0] == 999 and grid[-1] == 0
         assert all(b < a for a, b in zip(grid, grid[1:], strict=False))
-    assert len(solvers.plan()) == 3 * 6 * 15 + 3 * 10  # 3 seeds up to 10 calls, 1 above
+    # 3 seeds up to 10 calls, 1 above: 10 trailing + 5 time_quadratic (+ 5 logsnr up to 10)
+    assert len(solvers.plan()) == 3 * 6 * 20 + 3 * 15

@@ -87,6 +87,9 @@ def test_known_grids():
     assert s.timesteps(10, "trailing").tolist() == list(range(999, 0, -100))
     assert s.timesteps(3, "trailing").tolist() == [999, 666, 332]
     assert s.timesteps(1, "trailing").tolist() == [999]
+    # quadratic in time from T-1 to T/100: 10 + 989·(1 - i/5)²
+    assert s.timesteps(6, "time_quadratic").tolist() == [999, 643, 366, 168, 50, 10]
+    assert s.timesteps(1, "time_quadratic").tolist() == [999]
     # the paper's quadratic CIFAR10 grid: int((i * sqrt(800) / (S-1))**2)
     assert s.timesteps(10, "quad").tolist()[::-1] == [
         i * i * 800 // 81 for i in range(10)]
