@@ -96,7 +96,8 @@ def test_bad_eta(eta, exc, pattern, x_T):
 # --------------------------------------------------------------------------- choices
 @pytest.mark.parametrize(("kwargs", "pattern"), [
     (dict(spacing="uniform"),
-     r"spacing must be one of \('leading', 'trailing', 'linspace', 'quad'\), got 'uniform'"),
+     r"spacing must be one of \('leading', 'trailing', 'linspace', 'quad', 'time_quadratic'\), "
+     r"got 'uniform'"),
     (dict(prediction_type="eps"),
      r"prediction_type must be one of \('epsilon', 'sample', 'v_prediction'\), got 'eps'"),
     (dict(final_alpha="zero"), r"final_alpha must be one of \('one', 'first'\), got 'zero'"),
