@@ -38,6 +38,7 @@ from .common import (
     library_error,
     load_model,
     model_labels,
+    sampling_settings,
     write_images,
     writing,
 )
@@ -156,6 +157,7 @@ def _load(args: argparse.Namespace, uint8: np.ndarray
     float32 (N, C, H, W) in its data range on its device (refused when their shape is not
     the model's); and their labels (N,) from --class (image i: entry i mod its length)."""
     device = check_device(args.device)
+    sampling_settings(args, args.command)  # the sampling options, checked before loading
     check_class_options(args)
     bundle = load_model(args.model, device)
     resolved = model_labels(args, bundle)
