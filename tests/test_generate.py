@@ -23,10 +23,10 @@ from PIL import Image
 
 import ddim
 from ddim import cli, distributed
-from ddim.generate import generate, pack
-from ddim.pretrained import bundled_path
 from ddim.folder_lock import LOCK_FILE
+from ddim.generate import generate, pack
 from ddim.manifest import MANIFEST, RunMismatchError
+from ddim.pretrained import bundled_path
 from ddim.shards import count_shards, shard_name
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -24,8 +24,7 @@ from ddim import cli
 from ddim.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
 from ddim.generate import generate, make_shards, pack, prepare_run
 from ddim.images import to_uint8
-from ddim.manifest import MANIFEST, RunMismatchError, make_manifest, run_identity
-from ddim.manifest import write_manifest
+from ddim.manifest import MANIFEST, RunMismatchError, make_manifest, run_identity, write_manifest
 from ddim.noise import sample_generators, sample_seed
 from ddim.pretrained import bundled_path
 from ddim.run_settings import RunSettings, SamplingSettings
