@@ -25,20 +25,22 @@ def read_npz(path: Path, flag: str, what: str) -> dict[str, np.ndarray]:
     messages).
 
     Raises:
-        CliError: missing, unreadable, truncated, not an .npz archive (e.g. a .npy array), or
-        holding object arrays (which would need pickle).
+        CliError: missing, unreadable, truncated, not an .npz archive (e.g. a .npy array or
+        text), or holding object arrays (which would need pickle).
     """
     try:
-        data = np.load(path, allow_pickle=False)
-    except _UNREADABLE as err:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:
         raise CliError(f"{flag}: cannot read {what} from {path}: {_reason(err)}") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file gives a plain array
-        raise CliError(f"{flag}: {path} is not an .npz archive of named arrays (np.savez "
-                       f"writes those), cannot read {what} from it")
+    if not magic.startswith(b"PK"):  # every zip file (an .npz is one) starts so
+        kind = "a .npy array" if magic.startswith(b"\x93NUM") else "not a zip file"
+        raise CliError(f"{flag}: {path} is not an .npz archive of named arrays ({kind}; "
+                       f"np.savez writes those), cannot read {what} from it")
     try:
-        with data:
+        with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except _UNREADABLE as err:  # a truncated or corrupt member
+    except _UNREADABLE as err:  # truncated or corrupt, or an object array (pickle)
         raise CliError(f"{flag}: cannot read {what} from {path}: {_reason(err)}") from None
 
 
