@@ -164,7 +164,7 @@ def test_three_channels_need_other_features_than_the_digits_classifier(files, no
     ("img2img --images", "big.npz", "--images: big.npz holds images of shape (1, 8, 8)"),
 ])
 def test_shapes_the_model_cannot_take_are_refused_before_any_model_call(
-        reader, name, problem, files, loads, capsys):
+        reader, name, problem, files, loads, capsys):  # noqa: F811 (the imported fixture)
     check_error(capsys, [*argv_for(reader, name), "--model", "tiny"], 2, problem)
     assert loads == ["tiny"]
 
@@ -188,7 +188,7 @@ def test_bad_devices_are_refused_before_anything_is_written(argv, device, proble
 
 
 def test_pack_on_a_full_disk_names_the_file_and_says_the_shards_are_complete(
-        loads, capsys, tmp_path, monkeypatch):
+        loads, capsys, tmp_path, monkeypatch):  # noqa: F811
     real = shards.save_npz
 
     def full_for_the_pack(path, *args, **kwargs):
