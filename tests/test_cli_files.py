@@ -202,7 +202,7 @@ def test_pack_on_a_full_disk_names_the_file_and_says_the_shards_are_complete(
     check_error(capsys, argv, 1,
                 f"cannot write {tmp_path / 'p.npz'}: No space left on device; no partial file "
                 f"is left, and the 2 shards in {tmp_path / 'run'} are complete: free some "
-                "space and pack them again (rerun this command: it keeps the shards and only "
+                "space and pack again (rerun this command: it keeps the shards and only "
                 "packs)")
     monkeypatch.setattr(shards, "save_npz", real)
     assert cli.main([str(a) for a in argv]) == 0

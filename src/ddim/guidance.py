@@ -105,8 +105,8 @@ def conditioning(
     Raises:
         ValueError naming the argument: labels for an unconditional model, none for a
             class-conditional one, labels of the wrong shape or range, guidance without
-            conditioning or without an unconditional half, keyword tensors of the wrong
-            batch size, mismatched keys.
+            conditioning or without an unconditional half, keyword tensors of the wrong batch
+            size, mismatched keys.
     """
     num_classes, null = class_info(model)
     if class_labels is None and num_classes is not None and not model_kwargs:

@@ -183,5 +183,9 @@ def pack(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
         return save_npz(path, images, manifest=json.dumps(manifest), **settings)
     except OSError as err:
         raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; no partial "
-                                 f"file is left, and the {n} shard{'s' * (n != 1)} in {out} "
-                                 f"are complete: {remedy(err)} and pack them again") from err
+                                 f"file is left, and {_shards_in(n, out)} complete: "
+                                 f"{remedy(err)} and pack again") from err
+
+
+def _shards_in(n: int, out: Path) -> str:
+    return f"the {n} shards in {out} are" if n != 1 else f"the shard in {out} is"
