@@ -58,7 +58,8 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         options = SampleOptions(steps=self.steps, eta=self.eta, spacing=self.spacing,
                                 solver=self.solver, guidance_scale=self.guidance_scale)
-        _set(self, eta=options.eta, spacing=options.spacing or DEFAULT_SPACING,
+        _set(self, steps=DEFAULT_STEPS if self.steps is None else self.steps, eta=options.eta,
+             spacing=options.spacing or DEFAULT_SPACING,  # None: the defaults, recorded
              seed=check_int("seed", self.seed, low=0),
              class_labels=check_label_list(self.class_labels))
 
@@ -85,15 +86,14 @@ class SamplingSettings:
                     generator=sample_generators(self.seed, lo, hi), **start)
 
     def check_model(self, model: Any, device: torch.device | None = None) -> None:
-        """Everything :func:`ddim.sample_iter` checks against ``model`` (steps <= T, every
-        label, the guidance scale, the device), without a model call.
+        """Everything :func:`ddim.sample_iter` checks against ``model`` (steps <= T, the
+        labels, the guidance scale, the device), without a model call.
 
         Raises:
             TypeError / ValueError naming the parameter.
         """
-        settings = self.for_model(model)
-        labels = settings.class_labels
-        sample_iter(model, device=device, **settings.keywords(0, len(labels) if labels else 1))
+        # every label is checked by for_model; sample_iter checks the rest on one sample
+        sample_iter(model, device=device, **self.for_model(model).keywords(0, 1))
 
     def sample(self, model: Any, lo: int, hi: int, *, batch_size: int,
                device: torch.device | None = None, x_T: torch.Tensor | None = None,
