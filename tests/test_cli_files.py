@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from ddim import cli, shards
-from ddim.cli import common, evaluate
-from tests.test_cli import check_error, loads  # noqa: F401 (a fixture)
+from ddim.cli import evaluate
+from tests.test_cli import check_error, loads, no_loading  # noqa: F401 (fixtures)
 
 CHEAP = ["--steps", 2, "--num", 2]
 
@@ -51,14 +51,6 @@ def files(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("the model was loaded before the files were checked")
-
-    monkeypatch.setattr(common, "load_pretrained", fail)
-
-
 READERS = {  # flag: the command line that reads it, with {} for the file
     "eval --images": ["eval", "--images", "{}", "--reference", "good.npz"],
     "eval --reference": ["eval", "--images", "good.npz", "--reference", "{}"],
@@ -86,8 +78,9 @@ def argv_for(reader, name):
     ("objects.npz", "cannot read {what} from objects.npz: Object arrays cannot be loaded"),
     ("nokey.npz", "nokey.npz has no {keys} array (found: ['pictures'])"),
 ])
+@pytest.mark.usefixtures("no_loading")
 def test_unreadable_files_are_one_line_naming_flag_and_file(reader, name, problem, files,
-                                                            no_loading, capsys):
+                                                            capsys):
     """The reported example: a truncated .npz raised zipfile.BadZipFile."""
     flag = reader.split()[1]
     keys = {"--latents": "'latents'", "--mask": "'mask' or 'images'"}.get(flag, "'images'")
@@ -106,7 +99,8 @@ def test_unreadable_files_are_one_line_naming_flag_and_file(reader, name, proble
     ("none.npz", "none.npz: images must be uint8 (N, H, W, C) with no empty dimension, got "
                  "uint8 (0, 4, 4, 1)"),
 ])
-def test_images_of_the_wrong_dtype_or_shape(reader, name, problem, files, no_loading, capsys):
+@pytest.mark.usefixtures("no_loading")
+def test_images_of_the_wrong_dtype_or_shape(reader, name, problem, files, capsys):
     """The reported example: a float64 `images` array given to eval raised a traceback."""
     flag = reader.split()[1]
     check_error(capsys, argv_for(reader, name), 2, f"{flag}: {problem}")
@@ -118,7 +112,8 @@ def test_images_of_the_wrong_dtype_or_shape(reader, name, problem, files, no_loa
     ("lat_nan.npz", "lat_nan.npz: latents contain NaN or inf values"),
     ("lat_complex.npz", "lat_complex.npz: latents must be real numbers, got complex64"),
 ])
-def test_latents_of_the_wrong_kind(name, problem, files, no_loading, capsys):
+@pytest.mark.usefixtures("no_loading")
+def test_latents_of_the_wrong_kind(name, problem, files, capsys):
     check_error(capsys, argv_for("sample --latents", name), 2, f"--latents: {problem}")
 
 
@@ -131,7 +126,8 @@ def test_latents_of_the_wrong_kind(name, problem, files, no_loading, capsys):
                        "shape (4, 4, 1): give (H, W), (N, H, W) or (N, H, W, C)"),
     ("mask_n.npz", "mask_n.npz: a mask of shape (3, 4, 4, 1) does not fit the 2 images"),
 ])
-def test_masks_of_the_wrong_kind(name, problem, files, no_loading, capsys):
+@pytest.mark.usefixtures("no_loading")
+def test_masks_of_the_wrong_kind(name, problem, files, capsys):
     check_error(capsys, argv_for("inpaint --mask", name), 2, f"--mask: {problem}")
 
 
@@ -145,12 +141,13 @@ def test_masks_of_the_wrong_kind(name, problem, files, no_loading, capsys):
     ("eval --reference", "rgb.npz", "--images: good.npz holds images that have shape "
                                     "(1, 4, 4) (C, H, W), the reference images (3, 4, 4)"),
 ])
-def test_eval_sets_that_cannot_be_compared(reader, name, problem, files, no_loading, capsys):
+@pytest.mark.usefixtures("no_loading")
+def test_eval_sets_that_cannot_be_compared(reader, name, problem, files, capsys):
     check_error(capsys, argv_for(reader, name), 2, problem)
 
 
-def test_three_channels_need_other_features_than_the_digits_classifier(files, no_loading,
-                                                                       capsys):
+@pytest.mark.usefixtures("no_loading")
+def test_three_channels_need_other_features_than_the_digits_classifier(files, capsys):
     check_error(capsys, ["eval", "--images", "rgb.npz", "--reference", "rgb.npz"], 2,
                 "--images: rgb.npz holds images that have 3 channels; the default features "
                 "(the digits classifier) take 1-channel images")
@@ -179,8 +176,9 @@ def test_shapes_the_model_cannot_take_are_refused_before_any_model_call(
     ("meta", "--device='meta' holds no data: use 'cpu' or 'cuda'"),
     ("bogus", "--device must be a device such as 'cpu', 'cuda' or 'cuda:1', got 'bogus'"),
 ])
+@pytest.mark.usefixtures("no_loading")
 def test_bad_devices_are_refused_before_anything_is_written(argv, device, problem, files,
-                                                           no_loading, capsys):
+                                                           capsys):
     """The reported example: `--device meta` gave a traceback after generate wrote run.json."""
     before = sorted(os.listdir())
     check_error(capsys, [*argv, "--device", device], 2, problem)

@@ -19,7 +19,7 @@ from ddim.cli import common
 from ddim.cli.options import class_label
 from ddim.images import to_uint8
 from ddim.noise import sample_generators
-from tests.test_cli import Elementwise, check_error, load_npz
+from tests.test_cli import Elementwise, check_error, load_npz, no_loading  # noqa: F401
 
 
 class ClassElementwise(Elementwise):
@@ -55,14 +55,6 @@ def fakes(monkeypatch):
     monkeypatch.setattr(common, "load_pretrained", fake_load)
     loaded["threads"] = threads
     return loaded
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("the model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(common, "load_pretrained", fail)
 
 
 def sample(tmp_path, name, *args):
@@ -103,7 +95,8 @@ def test_null_is_the_models_null_class(fakes, tmp_path):
     ["img2img", "--images", "in.npz", "--strength", 0.5, "--out", "o.png"],
     ["inpaint", "--images", "in.npz", "--keep", "left", "--out", "o.png"],
 ])
-def test_conditional_model_without_class_is_refused_before_loading(argv, no_loading, capsys,
+@pytest.mark.usefixtures("no_loading")
+def test_conditional_model_without_class_is_refused_before_loading(argv, capsys,
                                                                    tmp_path, monkeypatch):
     """The reported example: `ddim sample --model digits-cond` failed after 9 s with
     diffusers' text. Its files say it is conditional: refused before loading, one line."""
@@ -135,7 +128,8 @@ def test_conditional_model_unknown_until_loaded_is_refused_before_sampling(fakes
     (["--class"], "argument --class: expected at least one argument"),
     (["--guidance-scale", -1], "argument --guidance-scale: must be a finite number >= 0"),
 ])
-def test_bad_labels_are_refused_before_loading(args, fragment, no_loading, capsys, tmp_path):
+@pytest.mark.usefixtures("no_loading")
+def test_bad_labels_are_refused_before_loading(args, fragment, capsys, tmp_path):
     check_error(capsys, ["sample", *args, "--out", tmp_path / "s.png"], 2, fragment)
 
 
@@ -173,7 +167,8 @@ def test_solver_gives_the_librarys_samples(solver, fakes, tmp_path):
     ["img2img", "--images", "in.npz", "--strength", 0.5, "--out", "o.png"],
     ["inpaint", "--images", "in.npz", "--keep", "left", "--out", "o.png"],
 ])
-def test_solver_with_eta_is_refused_before_loading_everywhere(argv, no_loading, capsys,
+@pytest.mark.usefixtures("no_loading")
+def test_solver_with_eta_is_refused_before_loading_everywhere(argv, capsys,
                                                               tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     np.savez("in.npz", images=np.zeros((2, 4, 4, 1), np.uint8))
@@ -181,7 +176,8 @@ def test_solver_with_eta_is_refused_before_loading_everywhere(argv, no_loading, 
                 "eta=0.5 applies to solver='ddim' only, got solver='unipc'")
 
 
-def test_invert_takes_no_solver_and_inpaint_no_resample_with_one(no_loading, capsys,
+@pytest.mark.usefixtures("no_loading")
+def test_invert_takes_no_solver_and_inpaint_no_resample_with_one(capsys,
                                                                 tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     np.savez("in.npz", images=np.zeros((2, 4, 4, 1), np.uint8))
@@ -217,7 +213,8 @@ def test_threads_are_set_before_any_work(fakes, tmp_path):
         torch.set_num_threads(before)
 
 
-def test_threads_must_be_positive(no_loading, capsys, tmp_path):
+@pytest.mark.usefixtures("no_loading")
+def test_threads_must_be_positive(capsys, tmp_path):
     check_error(capsys, ["generate", "--num", 4, "--out", tmp_path / "r", "--threads", 0], 2,
                 "argument --threads: must be an integer >= 1, got '0'")
 

@@ -21,6 +21,7 @@ import torch
 
 import ddim
 from ddim import cli
+from ddim.cli import common
 from ddim.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
 from ddim.generate import generate, make_shards, pack, prepare_run
 from ddim.images import to_uint8
@@ -259,10 +260,15 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder(digits, tmp_path):
     assert sorted(os.listdir(out)) == [MANIFEST, LOCK_FILE, shard_name(0)]  # temp file cleared
 
 
-def test_the_cli_names_the_holder_in_one_line(digits, models, capsys, tmp_path):
+def test_the_cli_names_the_holder_in_one_line_before_loading(digits, models, capsys,
+                                                             tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the lock was looked at")
+
     out = tmp_path / "D"
     out.mkdir()
-    with lock_folder(out):  # held by this process through another open file: refused alike
+    with lock_folder(out), monkeypatch.context() as patch:  # held through another open file
+        patch.setattr(common, "load_pretrained", no_loading)
         status, _, err = cli_generate(capsys, "--model", models / "digits", "--num", 4,
                                       "--steps", 2, "--out", out)
         assert status == 2 and err.count("\n") == 1
@@ -293,26 +299,32 @@ def test_two_generate_processes_one_refused_and_a_killed_one_resumable(digits, m
     and its shards are kept by the next run."""
     out = tmp_path / "D"
     args = [sys.executable, "-m", "ddim", "generate", "--model", str(models / "digits"),
-            "--num", "400", "--shard-size", "4", "--steps", "100", "--batch-size", "4",
+            "--num", "400", "--shard-size", "4", "--steps", "50", "--batch-size", "4",
             "--out", str(out), "--no-progress", "--threads", "1"]
     first = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:
-        deadline = time.monotonic() + 240
-        while not list(out.glob("shard-*.npz")):
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "no shard after 240 s"
-            time.sleep(0.05)
+        wait_for(lambda: (out / MANIFEST).exists(), first)  # it holds the lock from then on
         second = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
         assert first.poll() is None, "the first run ended before the second was refused"
         assert second.returncode == 2 and f"(pid {first.pid} on " in second.stderr
         assert second.stderr.count("\n") == 1 and second.stdout == ""
+        wait_for(lambda: list(out.glob("shard-*.npz")), first)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     made = sorted(out.glob("shard-*.npz"))
-    settings = RunSettings(num=400, steps=100, shard_size=4, batch_size=4)
+    settings = RunSettings(num=400, steps=50, shard_size=4, batch_size=4)
     with prepare_run(digits, out, settings) as run:  # not blocked by the killed run's lock
         for path in made:
             k = int(path.stem.split("-")[1])
             read_shard(path, 4 * k, 4 * k + 4, (8, 8, 1), run.run_id)  # kept on resume
+
+
+def wait_for(condition, proc, seconds=240):
+    """Poll ``condition()`` until it holds, while ``proc`` runs."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"not after {seconds} s"
+        time.sleep(0.05)

@@ -2,7 +2,8 @@
 
 :func:`lock_folder` takes an exclusive ``fcntl.flock`` on the file without waiting and writes
 who holds it (pid, host, since when) into it; a second process is refused at once with a
-:class:`FolderInUseError` that names the holder. The kernel releases a flock when its holder
+:class:`FolderInUseError` that names the holder (:func:`check_unlocked` says so even before
+that process loads its model). The kernel releases a flock when its holder
 exits, however it exits (SIGKILL, a crash, power loss), so a killed run never leaves a stale
 lock: the file stays, but an unlocked file blocks nobody, and the next run overwrites who
 held it. The file is never deleted (deleting it would let two processes lock two different
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,7 +79,8 @@ class FolderLock:
 
 
 def lock_folder(folder: Path) -> FolderLock:
-    """Take the lock of ``folder`` (which must exist) for this process, without waiting.
+    """Take the lock of ``folder`` (which must exist) for this process, without waiting
+    (beyond a moment for a :func:`check_unlocked` of another process to let go).
 
     Raises:
         FolderInUseError: another live process holds it.
@@ -87,19 +90,9 @@ def lock_folder(folder: Path) -> FolderLock:
     """
     path = Path(folder) / LOCK_FILE
     file = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
-    try:
-        if fcntl is not None:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _flock(file, path, exclusive=True):
         file.close()
-        raise FolderInUseError(str(folder), read_holder(path)) from None
-    except OSError as err:  # ENOLCK, EOPNOTSUPP...: a filesystem without flock
-        warnings.warn(f"cannot lock {path} ({err.strerror or err}): this filesystem supports "
-                      "no locks, so nothing stops a second process from writing the folder",
-                      RuntimeWarning, stacklevel=2)
-    if fcntl is None:
-        warnings.warn(f"cannot lock {path}: no fcntl on this system, so nothing stops a "
-                      "second process from writing the folder", RuntimeWarning, stacklevel=2)
+        raise FolderInUseError(str(folder), read_holder(path))
     try:
         file.seek(0)
         file.truncate()
@@ -111,6 +104,49 @@ def lock_folder(folder: Path) -> FolderLock:
         file.close()
         raise
     return FolderLock(path, file)
+
+
+def check_unlocked(folder: Path) -> None:
+    """Refuse early, before a run's expensive start (loading the model), when another live
+    process holds the lock of ``folder``; takes nothing (:func:`lock_folder` still must).
+    A missing folder or lock file is unlocked.
+
+    Raises:
+        FolderInUseError: naming the holder.
+    """
+    path = Path(folder) / LOCK_FILE
+    try:
+        file = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError:
+        return
+    with file:
+        if not _flock(file, path, exclusive=False):
+            raise FolderInUseError(str(folder), read_holder(path))
+
+
+def _flock(file: IO[str], path: Path, exclusive: bool, tries: int = 5) -> bool:
+    """Lock ``file`` without waiting: False when another process holds it. A shared
+    (probing) lock is released on closing; an exclusive try is repeated over a moment, in
+    case another process is only probing. Unsupported locks warn and count as taken."""
+    if fcntl is None:
+        warnings.warn(f"cannot lock {path}: no fcntl on this system, so nothing stops a "
+                      "second process from writing the folder", RuntimeWarning, stacklevel=3)
+        return True
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    for attempt in range(tries if exclusive else 1):
+        if attempt:
+            time.sleep(0.05)
+        try:
+            fcntl.flock(file.fileno(), mode)
+            return True
+        except BlockingIOError:
+            continue
+        except OSError as err:  # ENOLCK, EOPNOTSUPP...: a filesystem without flock
+            warnings.warn(f"cannot lock {path} ({err.strerror or err}): this filesystem "
+                          "supports no locks, so nothing stops a second process from writing "
+                          "the folder", RuntimeWarning, stacklevel=3)
+            return True
+    return False
 
 
 def read_holder(path: Path) -> dict[str, Any]:

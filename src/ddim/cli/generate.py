@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import distributed
+from ..folder_lock import FolderInUseError, check_unlocked
 from ..generate import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SHARD_SIZE,
@@ -131,6 +132,10 @@ def _checked_settings(args: argparse.Namespace) -> RunSettings:
     check_folder(args.out)
     check_device(args.device)
     check_class_options(args)
+    try:  # before the model is loaded; prepare_run takes the lock itself
+        check_unlocked(args.out)
+    except FolderInUseError as err:
+        raise library_error(err) from None
     return settings
 
 
