@@ -223,3 +223,15 @@ def test_eval_json_on_a_full_disk_keeps_the_printed_result(capsys, tmp_path, mon
     assert err == (f"ddim: error: cannot write {tmp_path / 'r.json'}: No space left on device "
                    "(the result is printed above)\n")
     assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.npz"]
+
+
+def test_an_unreadable_run_json_is_one_line_and_overwrite_starts_over(loads, capsys,  # noqa: F811
+                                                                      tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"num": 4,')  # cut off by hand
+    argv = ["generate", "--model", "tiny", "--num", 2, "--steps", 2, "--out", out]
+    check_error(capsys, argv, 2, f"cannot read {out / 'run.json'}: Expecting")
+    assert sorted(os.listdir(out)) == ["run.json", "run.lock"]
+    assert cli.main([str(a) for a in [*argv, "--overwrite"]]) == 0
+    assert "2 images in 1 shard" in capsys.readouterr().out
