@@ -139,7 +139,8 @@ def test_counts_of_one_are_singular(loads, capsys, tmp_path):  # noqa: F811
     assert cli.main(["invert", "--model", "tiny", "--steps", "1", "--images",
                      str(tmp_path / "one.npz"), "--out", str(tmp_path / "l.npz")]) == 0
     assert "wrote 1 latent to" in capsys.readouterr().out
-    with pytest.raises(TooManyProcessesError, match=r"only 1 shard \(1 samples"):
+    with pytest.raises(TooManyProcessesError, match=r"only 1 shard \(1 sample, shard_size 4\): "
+                                                    r"1 would idle; start at most 1 process or"):
         check_world_size(1, 4, 2)
 
 

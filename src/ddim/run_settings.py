@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ._checks import check_bool, check_device, check_int
+from ._words import plural
 from .grid import DEFAULT_SPACING
 from .guidance import check_label_list, class_info, cycled_labels, resolve_labels
 from .images import PIL_MODES
@@ -187,10 +188,10 @@ class TooManyProcessesError(ValueError):
         """The message, with ``processes`` (formatted with the count) and ``shard_size``
         naming the two settings."""
         shards = self.shards
-        return (f"{processes.format(self.world_size)} but the run has only {shards} shard"
-                f"{'s' * (shards != 1)} ({self.num} samples, {shard_size} {self.shard_size}): "
-                f"{self.world_size - shards} would idle; start at most {shards} processes or "
-                f"pass a smaller {shard_size}")
+        return (f"{processes.format(self.world_size)} but the run has only "
+                f"{plural(shards, 'shard')} ({plural(self.num, 'sample')}, {shard_size} "
+                f"{self.shard_size}): {self.world_size - shards} would idle; start at most "
+                f"{plural(shards, 'process', 'processes')} or pass a smaller {shard_size}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (broadcast to other ranks)
         return type(self), (self.world_size, self.shards, self.num, self.shard_size)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._words import plural
 from .images import save_npz, save_png
 from .manifest import MANIFEST, read_manifest, remedy, run_identity, write_run_file
 
@@ -164,7 +165,8 @@ def pack(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     n = count_shards(num, shard_size)
     extra = [shard_name(k) for k in shard_numbers(out) if k >= n]
     if extra:
-        raise ValueError(f"{out} holds shard files that are not part of its run of {n} shards: "
+        raise ValueError(f"{out} holds shard files that are not part of its run of "
+                         f"{plural(n, 'shard')}: "
                          f"{_names(extra)}")
     images = np.empty((num, h, w, c), dtype=np.uint8)
     bad = []

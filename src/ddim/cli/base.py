@@ -1,5 +1,5 @@
 """What the ``ddim`` command needs before it imports anything heavy: the exit codes, the
-error every subcommand raises, the argument parser's class, and count wording.
+error every subcommand raises, the argument parser's class, and count wording (``plural``).
 
 Nothing here imports torch, numpy or the library, so that :func:`ddim.cli.main` can catch a
 Ctrl-C that arrives while those load.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from .._words import plural  # noqa: F401 (the subcommands' count wording)
 
 PROG = "ddim"
 EXIT_USAGE = 2  # bad arguments (argparse's convention)
@@ -30,8 +32,3 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         raise CliError(f"{message} (see '{self.prog} --help')")
 
-
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """``"1 image"``, ``"3 images"``: ``count`` and the noun in the number it needs
-    (``nouns``: an irregular plural; default ``noun + "s"``)."""
-    return f"{count} {noun if count == 1 else nouns or noun + 's'}"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import CliError
+from .base import CliError, plural
 
 _UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
@@ -139,7 +139,7 @@ def read_mask(path: Path, images_shape: tuple[int, ...], flag: str = "--mask"
     if mask.ndim != 4 or mask.shape[1:3] != (h, w) or mask.shape[0] not in (1, n) or (
             mask.shape[3] not in (1, c)):
         raise CliError(f"{flag}: {path}: a mask of shape {array.shape} does not fit the "
-                       f"{n} images of shape ({h}, {w}, {c}): give (H, W), (N, H, W) or "
+                       f"{plural(n, 'image')} of shape ({h}, {w}, {c}): give (H, W), (N, H, W) or "
                        "(N, H, W, C), with N and C either 1 or the images'")
     return torch.from_numpy(mask).permute(0, 3, 1, 2)
 
