@@ -1,5 +1,6 @@
 """Complete the right half of held-out digits (known pixels are kept exactly), and edit
 digits with image-to-image at two strengths.
+Needs the eval extra (scikit-learn, for the held-out digits): pip install 'ddim[eval]'.
 
     python examples/inpainting.py            # writes inpainting.png
 """

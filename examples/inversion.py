@@ -1,5 +1,6 @@
 """Encode held-out digits to DDIM latents and decode them again: plain DDIM inversion
 against implicit (fixed-point) inversion, at 10 steps.
+Needs the eval extra (scikit-learn, for the held-out digits): pip install 'ddim[eval]'.
 
     python examples/inversion.py             # writes inversion.png (rows: input, plain, implicit)
 """

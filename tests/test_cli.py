@@ -168,7 +168,8 @@ def check_error(capsys, args, status, fragment):
         (["--batch-size", -2], "argument --batch-size: must be an integer >= 1, got '-2'"),
         (["--seed", -1], "argument --seed: must be an integer >= 0, got '-1'"),
         (["--scale", 0], "argument --scale: must be an integer >= 1, got '0'"),
-        (["--device", "gpu7"], "--device: unknown device 'gpu7'"),
+        (["--device", "gpu7"], "--device must be a device such as 'cpu', 'cuda' or 'cuda:1', "
+         "got 'gpu7'"),
         (["--colour"], "unrecognized arguments: --colour"),
     ],
 )
@@ -186,7 +187,7 @@ def test_no_subcommand(capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device(loads, capsys, tmp_path):
     check_error(capsys, ["sample", "--device", "cuda", "--out", tmp_path / "s.png"], 2,
-                "--device: cuda is not available")
+                "--device='cuda': cuda is not available on this machine")
     assert loads == []
 
 
@@ -272,7 +273,8 @@ def no_loading(monkeypatch):
     (["sample", "--steps", 0], "argument --steps: must be an integer >= 1, got '0'"),
     (["sample", "--eta", -1], "argument --eta: must be a finite number >= 0, got '-1'"),
     (["sample", "--eta", "inf"], "argument --eta: must be a finite number >= 0, got 'inf'"),
-    (["sample", "--device", "gpu7"], "--device: unknown device 'gpu7'"),
+    (["sample", "--device", "gpu7"], "--device must be a device such as 'cpu', 'cuda' or 'cuda:1', "
+         "got 'gpu7'"),
     (["sample", "--out", "missing/s.png"], "--out: folder 'missing' does not exist"),
     (["sample", "--latents", "missing.npz"], "cannot read latents from missing.npz"),
     (["sample", "--latents", "truncated.npz"], "cannot read latents from truncated.npz"),

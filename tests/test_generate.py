@@ -23,9 +23,11 @@ from PIL import Image
 
 import ddim
 from ddim import cli, distributed
+from ddim.folder_lock import LOCK_FILE
 from ddim.generate import generate, pack
+from ddim.manifest import MANIFEST, RunMismatchError
 from ddim.pretrained import bundled_path
-from ddim.shards import MANIFEST, RunMismatchError, count_shards, shard_name
+from ddim.shards import count_shards, shard_name
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -227,7 +229,7 @@ def test_another_run_is_refused_unless_overwrite(bundle, digits_dir, capsys, tmp
     assert "pass overwrite=True to delete" in str(info.value) and "--" not in str(info.value)
     status, _, err = run_cli(capsys, "--model", digits_dir, "--num", 6, "--shard-size", 4,
                              "--steps", 3, "--eta", 1, "--out", out)
-    assert status == 2 and err.startswith("ddim: error: out_dir ") and err.count("\n") == 1
+    assert status == 2 and err.startswith("ddim: error: --out ") and err.count("\n") == 1
     assert "differs in steps (2 there, 3 now), eta (0.0 there, 1.0 now)" in err
     assert "pass --overwrite to delete" in err and "overwrite=True" not in err
     for name, (images, _) in shards(out).items():  # nothing touched
@@ -329,12 +331,12 @@ def test_full_disk_leaves_no_partial_shard_and_resumes(bundle, digits_dir, capsy
     with pytest.raises(OSError, match="No space left on device") as info:
         generate(bundle, out, 12, steps=2, shard_size=4)
     assert info.value.errno == errno.ENOSPC and "rerun with the same arguments" in str(info.value)
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, shard_name(0)]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, LOCK_FILE, shard_name(0)]
 
     status, _, err = run_cli(capsys, "--model", digits_dir, "--num", 12, "--shard-size", 4,
                              "--steps", 2, "--out", out)
     assert status == 1 and "No space left on device" in err and err.count("\n") == 1
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, shard_name(0)]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, LOCK_FILE, shard_name(0)]
 
     monkeypatch.setattr(np, "savez_compressed", real)
     result = generate(bundle, out, 12, steps=2, shard_size=4)
@@ -345,8 +347,9 @@ def test_full_disk_leaves_no_partial_shard_and_resumes(bundle, digits_dir, capsy
 def test_pack_lists_missing_shards(bundle, tmp_path):
     generate(bundle, tmp_path / "run", 12, steps=2, shard_size=4)
     (tmp_path / "run" / shard_name(1)).unlink()
-    with pytest.raises(ValueError, match=r"1 of 3 shards missing or unreadable: "
-                                         r"shard-00001.npz; rerun"):
+    with pytest.raises(ValueError, match=r"1 of 3 shards missing, unreadable or not of the run "
+                                         r"its run.json describes: shard-00001.npz \(missing\); "
+                                         r"rerun"):
         pack(tmp_path / "run", tmp_path / "all.npz")
     assert not (tmp_path / "all.npz").exists()
     with pytest.raises(ValueError, match="holds no run.json"):

@@ -4,11 +4,14 @@ The images (1797 of them, 16 grey levels 0..16) are scaled to [-1, 1] as ``pixel
 :func:`digits_split` fixes one train / held-out split that the bundled DDPM, the bundled
 evaluation classifier and the tests all share.
 
-scikit-learn is an optional dependency (``pip install 'ddim[train]'``); it is imported only
-when a function here is called.
+scikit-learn is an optional dependency, in the ``eval`` extra (``pip install 'ddim[eval]'``);
+:func:`require_sklearn` checks for it without importing it, and every function here checks
+before any work.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
@@ -18,14 +21,28 @@ NUM_TRAIN = NUM_DIGITS - NUM_HELDOUT
 SPLIT_SEED = 0
 
 
+INSTALL = "pip install 'ddim[eval]'"
+
+
+def require_sklearn() -> None:
+    """Check that scikit-learn is installed, without importing it (cheap).
+
+    Raises:
+        ImportError: one line saying what to install.
+    """
+    if importlib.util.find_spec("sklearn") is None:
+        raise ImportError(f"the digits data needs scikit-learn, which is not installed: "
+                          f"{INSTALL}")
+
+
 def _sklearn_load_digits():
     """``sklearn.datasets.load_digits``, or an ImportError saying how to install it."""
+    require_sklearn()
     try:
         from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise ImportError(
-            "the digits data needs scikit-learn; install it with: pip install 'ddim[train]'"
-        ) from exc
+    except ImportError as exc:  # installed but broken
+        raise ImportError(f"the digits data needs scikit-learn, which does not import "
+                          f"({exc}): {INSTALL}") from exc
     return load_digits
 
 
@@ -36,6 +53,9 @@ def load_digits_images() -> tuple[torch.Tensor, torch.Tensor]:
         images: float32 tensor of shape (1797, 1, 8, 8) with values in [-1, 1]
             (``pixel / 8 - 1`` for the 0..16 grey levels).
         labels: int64 tensor of shape (1797,) with values 0..9.
+
+    Raises:
+        ImportError: scikit-learn is not installed (one line saying what to install).
     """
     data = _sklearn_load_digits()()
     images = torch.as_tensor(data.images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
@@ -49,6 +69,9 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     Returns:
         (train_x, train_y, heldout_x, heldout_y): images of shape (1497, 1, 8, 8) and
         (300, 1, 8, 8), float32 in [-1, 1]; labels int64 of shape (1497,) and (300,).
+
+    Raises:
+        ImportError: scikit-learn is not installed (one line saying what to install).
     """
     images, labels = load_digits_images()
     perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))

@@ -12,11 +12,17 @@ and makes the folder ready, :func:`make_shards` samples this process's missing s
   run and however often it was resumed. The noise also does not depend on ``batch_size`` or on
   the device; the network's arithmetic may (convolution kernels are picked per batch size and
   device), which changes a rare uint8 value by one.
-- **Resumable.** Rerunning with the same arguments keeps the shards that load and hold the
-  right indices and makes the others; different arguments (``run.json`` differs) are refused
-  unless ``overwrite=True``.
+- **Resumable.** Rerunning with the same arguments keeps the shards that load, hold the
+  right indices and were written by this run (each shard stores the identity of its run) and
+  makes the others; different arguments (``run.json`` differs) are refused unless
+  ``overwrite=True``.
+- **Nothing written until everything is checked.** Arguments, model, labels, device and
+  process count are checked before the folder or run.json is written.
+- **One writer per folder.** The folder is locked (:mod:`ddim.folder_lock`) while a run
+  writes it; a second process is refused at once, naming the holder.
 - **Parallel.** Under torchrun (see :mod:`ddim.distributed`) shard k belongs to rank
-  k % world_size; rank 0 prepares the folder and writes ``run.json`` while the others wait.
+  k % world_size; rank 0 holds the lock, prepares the folder and writes ``run.json`` while the
+  others wait.
 
 :func:`pack` joins the shards into one ``.npz`` of ``images`` (num, H, W, C) in index order.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,24 +41,20 @@ import torch
 
 from . import distributed as dist
 from . import shards
-from ._checks import check_int
+from ._checks import check_bool, check_int
+from .folder_lock import FolderInUseError, FolderLock
 from .grid import DEFAULT_SPACING
 from .images import to_uint8
-from .noise import sample_generators
+from .manifest import RunMismatchError, make_manifest, run_identity
 from .options import DEFAULT_STEPS
 from .pretrained import Pretrained
-from .run_settings import (
-    RunSettings,
-    bundle_on_device,
-    check_bool,
-    check_out_dir,
-    check_world_size,
-)
-from .sampler import sample_iter
-from .shards import RunMismatchError, pack  # part of this module's API
+from .run_folder import prepare_folder, wait_for_manifest
+from .run_settings import RunSettings, bundle_on_device, check_out_dir, check_world_size
+from .sampler import SampleStep
+from .shards import ShardError, pack  # part of this module's API
 
-__all__ = ["GenerateResult", "Run", "RunMismatchError", "RunSettings", "check_world_size",
-           "generate", "make_shards", "pack", "prepare_run"]
+__all__ = ["FolderInUseError", "GenerateResult", "Run", "RunMismatchError", "RunSettings",
+           "check_world_size", "generate", "make_shards", "pack", "prepare_run"]
 
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH_SIZE = 500
@@ -59,15 +62,33 @@ DEFAULT_BATCH_SIZE = 500
 
 @dataclass(frozen=True)
 class Run:
-    """A run that :func:`prepare_run` checked and whose folder is ready for :func:`make_shards`."""
+    """A run that :func:`prepare_run` checked and whose folder is ready for :func:`make_shards`.
+
+    ``run_id`` is the identity its shards carry (:func:`ddim.manifest.run_identity`);
+    ``lock`` the folder's lock on rank 0 (None elsewhere), held until :meth:`close` (also on
+    leaving a ``with`` block).
+    """
 
     out: Path
     bundle: Pretrained
     device: torch.device
     settings: RunSettings
+    run_id: str
     rank: int = 0
     world_size: int = 1
+    lock: FolderLock | None = None
     started: float = field(default_factory=time.perf_counter)
+
+    def close(self) -> None:
+        """Release the folder's lock (on rank 0); the other ranks hold none."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,9 @@ def generate(
     eta: float = 0.0,
     seed: int = 0,
     spacing: str = DEFAULT_SPACING,
+    solver: str = "ddim",
+    class_labels: int | str | Sequence[int | str] | None = None,
+    guidance_scale: float | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
@@ -112,8 +136,12 @@ def generate(
             for it (bundled name, diffusers folder, hub id), loaded onto ``device``.
         out_dir: the run's folder, created if missing; one run per folder.
         num: number of samples, >= 1.
-        steps, eta, spacing: as in :func:`ddim.sample`.
+        steps, eta, spacing, solver, guidance_scale: as in :func:`ddim.sample`.
         seed: the run's seed, >= 0; sample i uses the generator of (seed, i).
+        class_labels: for a class-conditional model: one label for every sample, or a list
+            of which sample i takes entry i mod its length (``range(10)`` gives balanced
+            digits whatever the batches); a label is an integer or ``"null"`` (the model's null
+            class: unconditional).
         shard_size: samples per shard file, >= 1 (the last shard holds the remainder).
         batch_size: samples per model call, >= 1 (at most one shard's worth is used).
         device: where to sample (default: where the bundle's network is, else CPU).
@@ -130,24 +158,30 @@ def generate(
 
     Raises:
         ValueError / TypeError naming the parameter (num or shard_size < 1, world_size above
-            the number of shards, an unwritable out_dir, ...); :class:`RunMismatchError` when
-            out_dir holds another run; OSError when a file cannot be written (a full disk):
-            finished shards are kept and no partial file is left, so a rerun resumes.
+            the number of shards, an unwritable out_dir, labels the model does not have, no
+            labels for a class-conditional model...), all before anything is written;
+            :class:`RunMismatchError` when out_dir holds another run;
+            :class:`FolderInUseError` when another live process writes out_dir; OSError when
+            a file cannot be written (a full disk): finished shards are kept and no partial
+            file is left, so a rerun resumes.
     """
     check_bool("progress", progress)  # here too: before anything is written
     settings = RunSettings(num=num, steps=steps, eta=eta, seed=seed, spacing=spacing,
-                           shard_size=shard_size, batch_size=batch_size, png=png)
-    run = prepare_run(model, out_dir, settings, device=device, overwrite=overwrite, rank=rank,
-                      world_size=world_size)
-    return make_shards(run, progress=progress)
+                           solver=solver, class_labels=class_labels,
+                           guidance_scale=guidance_scale, shard_size=shard_size,
+                           batch_size=batch_size, png=png)
+    with prepare_run(model, out_dir, settings, device=device, overwrite=overwrite, rank=rank,
+                     world_size=world_size) as run:
+        return make_shards(run, progress=progress)
 
 
 def prepare_run(model: Pretrained | str | os.PathLike, out_dir: str | os.PathLike,
                 settings: RunSettings, *, device: torch.device | str | None = None,
                 overwrite: bool = False, rank: int = 0, world_size: int = 1) -> Run:
     """The first half of :func:`generate`: check the arguments against the model, then (rank
-    0) create ``out_dir``, clear temporary files and check or write run.json. Arguments as in
-    :func:`generate`; the run's seconds count from this call.
+    0) create ``out_dir``, lock it, clear temporary files and check or write run.json.
+    Arguments as in :func:`generate`; the run's seconds count from this call. Use the
+    returned :class:`Run` in a ``with`` block (or call its ``close``) to release the lock.
 
     Raises:
         the errors of :func:`generate` that come before any sampling. Every rank raises the
@@ -165,20 +199,23 @@ def prepare_run(model: Pretrained | str | os.PathLike, out_dir: str | os.PathLik
                          "(run under torchrun, inside ddim.distributed.launch())")
     out = check_out_dir(out_dir)
     bundle, device = bundle_on_device(model, device)
+    settings = settings.for_model(bundle)
     settings.check_model(bundle, device)
-    manifest = shards.make_manifest(bundle, settings.recorded())
+    manifest = make_manifest(bundle, settings.recorded())
 
-    failure = None
+    failure, lock = None, None
     if rank == 0:
         try:
-            _prepare_folder(out, manifest, overwrite)
+            lock = prepare_folder(out, manifest, overwrite)
         except (ValueError, OSError) as err:
             failure = err
     if world_size > 1:
         failure = dist.broadcast(failure)
+        manifest = dist.broadcast(manifest)  # rank 0's record is the run's
     if failure is not None:
         raise failure
-    return Run(out, bundle, device, settings, rank, world_size, started)
+    return Run(out, bundle, device, settings, run_identity(manifest), rank, world_size, lock,
+               started)
 
 
 def make_shards(run: Run, *, progress: bool = False) -> GenerateResult:
@@ -191,10 +228,10 @@ def make_shards(run: Run, *, progress: bool = False) -> GenerateResult:
     check_bool("progress", progress)
     out, s, rank, world_size = run.out, run.settings, run.rank, run.world_size
     if rank != 0:
-        _wait_for_manifest(out, rank)
+        wait_for_manifest(out, rank)
     n = shards.count_shards(s.num, s.shard_size)
     mine = range(rank, n, world_size)
-    todo = [k for k in mine if not _keep_existing(out, k, s, run.bundle.sample_shape)]
+    todo = [k for k in mine if not _keep_existing(run, k)]
     mine_images = sum(_size(k, s) for k in todo)
     bar = _bar(mine_images, world_size) if progress and rank == 0 and todo else None
     try:
@@ -205,7 +242,7 @@ def make_shards(run: Run, *, progress: bool = False) -> GenerateResult:
             done += hi - lo
             if s.png:
                 shards.write_pngs(out, images, lo, s.num)
-            shards.write_shard(out / shards.shard_name(k), images, lo)
+            shards.write_shard(out / shards.shard_name(k), images, lo, run.run_id)
     finally:
         if bar is not None:
             bar.close()
@@ -216,65 +253,33 @@ def make_shards(run: Run, *, progress: bool = False) -> GenerateResult:
                           time.perf_counter() - run.started)
 
 
-# ---------------------------------------------------------------------------- the folder
-def _prepare_folder(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    """Rank 0: create out_dir, clean temp files, check or write run.json (before any shard)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"out_dir: cannot create {str(out)!r}: "
-                         f"{err.strerror or err}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"out_dir {str(out)!r} is not writable")
-    shards.remove_temp_files(out)
-    try:
-        old = shards.read_manifest(out / shards.MANIFEST)
-    except ValueError:
-        if not overwrite:
-            raise
-        old = {}
-    if not overwrite:
-        shards.check_same_run(out, old, manifest)
-        if old == manifest:
-            return
-    shards.remove_run_files(out)
-    shards.write_manifest(out, manifest)
-
-
-def _wait_for_manifest(out: Path, rank: int, seconds: float = 30.0) -> None:
-    """Ranks > 0: rank 0's run.json must be visible (out_dir on a filesystem all nodes share)."""
-    deadline, path = time.monotonic() + seconds, out / shards.MANIFEST
-    while not path.is_file():
-        if time.monotonic() > deadline:
-            raise ValueError(f"rank {rank} cannot see {path}, which rank 0 wrote: out_dir must "
-                             "be on a filesystem that every node shares")
-        time.sleep(0.5)
-
-
 # ---------------------------------------------------------------------------- shards
-def _keep_existing(out: Path, k: int, s: RunSettings, sample_shape: tuple[int, ...]) -> bool:
-    """Whether shard k exists and is valid (then also fill in its missing PNGs)."""
+def _keep_existing(run: Run, k: int) -> bool:
+    """Whether shard k exists and is this run's (then also fill in its missing PNGs)."""
+    s = run.settings
     lo, hi = shards.shard_range(k, s.num, s.shard_size)
-    c, h, w = sample_shape
-    arrays = shards.read_shard(out / shards.shard_name(k), lo, hi, (h, w, c))
-    if arrays is not None and s.png:
-        shards.write_pngs(out, arrays[0], lo, s.num, only_missing=True)
-    return arrays is not None
+    c, h, w = run.bundle.sample_shape
+    try:
+        images, _ = shards.read_shard(run.out / shards.shard_name(k), lo, hi, (h, w, c),
+                                      run.run_id)
+    except ShardError:
+        return False
+    if s.png:
+        shards.write_pngs(run.out, images, lo, s.num, only_missing=True)
+    return True
 
 
 def _sample_shard(run: Run, lo: int, hi: int, bar: Any, done: int) -> np.ndarray:
     """uint8 images (hi-lo, H, W, C) of samples lo..hi-1, in batches starting at lo."""
-    s, chunks = run.settings, []
-    for a in range(lo, hi, s.batch_size):
-        b = min(a + s.batch_size, hi)
-        steps = sample_iter(run.bundle, s.steps, s.eta, batch_size=b - a, spacing=s.spacing,
-                            device=run.device, generator=sample_generators(s.seed, a, b))
-        for step in steps:
-            x = step.sample
-            if bar is not None:  # fractional images: the bar moves at every step
-                bar.update(done + (a - lo) + (b - a) * (step.index + 1) / s.steps - bar.n)
-        chunks.append(to_uint8(x, run.bundle.data_range))
-    return np.concatenate(chunks)
+    s = run.settings
+
+    def on_step(a: int, b: int, step: SampleStep) -> None:
+        if bar is not None:  # fractional images: the bar moves at every step
+            bar.update(done + (a - lo) + (b - a) * (step.index + 1) / s.steps - bar.n)
+
+    images = s.sample(run.bundle, lo, hi, batch_size=s.batch_size, device=run.device,
+                      on_step=on_step)
+    return to_uint8(images, run.bundle.data_range)
 
 
 def _size(k: int, s: RunSettings) -> int:

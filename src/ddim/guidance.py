@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,16 +155,72 @@ def conditioning(
 def class_info(model: Any) -> tuple[int | None, int | None]:
     """(number of real classes, null class) of a class-conditional model, else (None, None).
 
-    A bundle may say so itself (``num_classes``, ``null_class``); a diffusers UNet with
-    ``num_class_embeds = K`` is taken to have K-1 classes and the null class K-1 (the
-    convention of the bundled ``digits-cond``).
+    A bundle may say so itself (``num_classes``, ``null_class``); a diffusers UNet is read by
+    :func:`config_classes`.
     """
     if getattr(model, "num_classes", None) is not None:
         return model.num_classes, getattr(model, "null_class", None)
     network = getattr(model, "model", model)
     config = getattr(network, "config", None)
-    k = config.get("num_class_embeds") if config is not None and hasattr(config, "get") else None
+    return config_classes(config) if config is not None and hasattr(config, "get") else (
+        None, None)
+
+
+def config_classes(config: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(number of real classes, null class) of a diffusers UNet config: ``num_class_embeds =
+    K`` is taken to mean K-1 classes and the null class K-1 (the convention of the bundled
+    ``digits-cond``); (None, None) without class embeddings."""
+    k = config.get("num_class_embeds")
     return (k - 1, k - 1) if k else (None, None)
+
+
+# ---------------------------------------------------------------- one label per sample
+NULL_LABEL = "null"  # in a list of labels: the model's null class
+
+
+def check_label_list(labels: Any, name: str = "class_labels") -> tuple[int | str, ...] | None:
+    """``labels`` (one label, or a non-empty sequence of them) as a tuple; a label is an
+    integer or the word ``"null"`` (the model's null class, see :func:`resolve_labels`).
+    None stays None. Raises TypeError naming ``name`` otherwise."""
+    if labels is None:
+        return None
+    if hasattr(labels, "tolist"):  # a tensor or numpy array (or numpy integer)
+        labels = labels.tolist()
+    if isinstance(labels, (str, numbers.Integral)) and not isinstance(labels, bool):
+        labels = (labels,)
+    if isinstance(labels, Sequence) and not isinstance(labels, str) and labels and all(
+            label == NULL_LABEL if isinstance(label, str) else
+            isinstance(label, numbers.Integral) and not isinstance(label, bool)
+            for label in labels):
+        return tuple(label if isinstance(label, str) else int(label) for label in labels)
+    raise TypeError(f"{name} must be a label or a non-empty list of labels (integers, or "
+                    f"{NULL_LABEL!r} for the null class), got {labels!r:.60}")
+
+
+def resolve_labels(labels: Sequence[int | str], num_classes: int | None, null: int | None,
+                   name: str = "class_labels") -> tuple[int, ...]:
+    """``labels`` (see :func:`check_label_list`) for a model with ``num_classes`` classes and
+    null class ``null`` (:func:`class_info`): the word ``"null"`` becomes ``null``.
+
+    Raises:
+        ValueError naming ``name``: the model is not class-conditional, has no null class
+        for ``"null"``, or a label lies outside [0, num_classes) plus the null class.
+    """
+    if num_classes is None:
+        raise ValueError(f"{name} given, but the model is not class-conditional")
+    if NULL_LABEL in labels and null is None:
+        raise ValueError(f"{name}: {NULL_LABEL!r} given, but the model has no null class")
+    resolved = tuple(null if label == NULL_LABEL else label for label in labels)
+    _check_label_range(torch.tensor(resolved), num_classes, null, name)
+    return resolved
+
+
+def cycled_labels(labels: Sequence[int], start: int, stop: int) -> torch.Tensor:
+    """The labels of samples ``start .. stop-1`` of a run: sample i gets
+    ``labels[i % len(labels)]`` (so one label is every sample's, and the 10 digits in order
+    give balanced classes whatever the batches are). Returns int64 (stop - start,)."""
+    index = torch.arange(start, stop) % len(labels)
+    return torch.tensor(labels, dtype=torch.int64)[index]
 
 
 def _labels(class_labels: Any, batch_size: int, num_classes: int, null: int | None,
@@ -180,12 +236,17 @@ def _labels(class_labels: Any, batch_size: int, num_classes: int, null: int | No
     if labels.shape[0] != batch_size:
         raise ValueError(f"class_labels must have one label per sample ({batch_size}), got "
                          f"{labels.shape[0]}")
+    _check_label_range(labels, num_classes, null, "class_labels")
+    return labels.to(device=device, dtype=torch.int64)
+
+
+def _check_label_range(labels: torch.Tensor, num_classes: int, null: int | None,
+                       name: str) -> None:
     top = num_classes if null == num_classes else num_classes - 1  # the null class is a label
     if (labels < 0).any() or (labels > top).any():
         with_null = f" ({null}: the null class, unconditional)" if top == num_classes else ""
-        raise ValueError(f"class_labels must lie in [0, {top}]{with_null}, got "
+        raise ValueError(f"{name} must lie in [0, {top}]{with_null}, got "
                          f"{labels.tolist()[:8]}")
-    return labels.to(device=device, dtype=torch.int64)
 
 
 def _to(value: Any, device: torch.device) -> Any:

@@ -7,7 +7,8 @@ and :func:`save_npz` write files atomically with :func:`ddim.io.atomic_write` (a
 in the target's folder, flushed to disk, then renamed over the target), so a crash or a full
 disk never leaves a half-written file under the target's name.
 
-torch, numpy and PIL do the work; nothing here encodes image formats by hand.
+torch, numpy and PIL do the work; nothing here encodes image formats by hand. PIL is imported
+only by the functions that make PIL images or PNG files.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ._checks import check_float, check_int
 from .io import atomic_write
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DataRange = tuple[float, float]
 PIL_MODES = {1: "L", 3: "RGB"}  # channels -> PIL mode, for to_pil and PNG files
@@ -132,12 +135,19 @@ def save_image_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None =
 
     Returns:
         the path written, as a :class:`pathlib.Path`.
+
+    Raises:
+        TypeError / ValueError: a bad argument (see :func:`make_grid`, :func:`to_uint8`).
+        OSError: the file cannot be written, naming ``path`` (or its missing or unwritable
+        folder); no partial file is left.
     """
     path = _check_path(path, (".png",))
     scale = check_int("scale", scale, low=1)
     _check_channels(x)
     image = _pil_image(to_uint8(make_grid(x, nrow, padding, pad_value)[None], data_range)[0])
     if scale > 1:
+        from PIL import Image
+
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     atomic_write(path, lambda f: image.save(f, format="PNG"))
     return path
@@ -157,7 +167,8 @@ def save_png(path: str | os.PathLike, image_uint8: np.ndarray) -> Path:
     Raises:
         TypeError: image_uint8 is not a numpy uint8 array. ValueError: path does not end in
         ``.png``, or the array is not (H, W, C) with C = 1 or 3. OSError: the file cannot be
-        written (no partial file is left).
+        written, naming ``path`` (or its missing or unwritable folder); no partial file is
+        left.
     """
     path = _check_path(path, (".png",))
     _check_uint8(image_uint8, "(H, W, C)", 3)
@@ -182,6 +193,12 @@ def save_npz(path: str | os.PathLike, images_uint8: np.ndarray, **arrays: Any) -
 
     Returns:
         the path written, as a :class:`pathlib.Path`.
+
+    Raises:
+        TypeError: not uint8 images, or an array that would need pickle. ValueError: path
+        does not end in ``.npz``, the images are not 4-D, or a keyword is ``images``.
+        OSError: the file cannot be written, naming ``path`` (or its missing or unwritable
+        folder); no partial file is left.
     """
     path = _check_path(path, (".npz",))
     _check_uint8(images_uint8, "(N, H, W, C)", 4, name="images_uint8")
@@ -255,4 +272,6 @@ def _check_data_range(data_range: Any) -> DataRange:
 
 def _pil_image(array_hwc: np.ndarray) -> Image.Image:
     """One (H, W, C) uint8 array as a PIL image (C = 1 or 3)."""
+    from PIL import Image
+
     return Image.fromarray(array_hwc[:, :, 0] if array_hwc.shape[2] == 1 else array_hwc)

@@ -20,8 +20,6 @@ Every problem is reported as a :class:`PretrainedError` that names the file at f
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -31,17 +29,18 @@ from typing import Any
 
 import torch
 
-from .models import as_model_fn
+from . import model_files as files
+from .hub import download
+from .model_files import WEIGHT_NAMES, PretrainedError
+from .models import as_model_fn, model_device_dtype
 from .schedule import NoiseSchedule
 from .step import PREDICTION_TYPES
 
+__all__ = ["BUNDLED_MODELS", "WEIGHT_NAMES", "Pretrained", "PretrainedError", "bundled_path",
+           "declared_classes", "load_folder", "load_pretrained"]
+
 BUNDLED_MODELS = ("digits", "digits-cond")
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class PretrainedError(ValueError):
-    """A model could not be loaded; the message names the file or id and what to do."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,16 @@ class Pretrained:
     def parameters(self):
         """The network's parameters (their device and dtype are the bundle's)."""
         return self.model.parameters()
+
+    def __repr__(self) -> str:
+        """A one-line summary (not the network's layers: print ``bundle.model`` for those)."""
+        device, dtype = model_device_dtype(self)
+        count = sum(p.numel() for p in self.model.parameters())
+        return (f"Pretrained(name={self.name!r}, model={type(self.model).__name__}, "
+                f"parameters={count / 1e6:.2f}M, sample_shape={tuple(self.sample_shape)}, "
+                f"prediction_type={self.prediction_type!r}, schedule={self.schedule!r}, "
+                f"data_range={tuple(self.data_range)}, device={device}, "
+                f"dtype={str(dtype).removeprefix('torch.')})")
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Pretrained:
         """The bundle with its network moved to ``device`` and/or cast to ``dtype``.
@@ -129,8 +138,8 @@ def load_pretrained(
         folder = bundled_path(name)
     elif Path(name).expanduser().exists():
         folder = Path(name).expanduser()
-    elif _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        folder = _download(name)
+    elif _is_hub_id(name):
+        folder = download(name)
     else:
         raise PretrainedError(
             f"model {name!r} not found: it is not a bundled model {BUNDLED_MODELS}, not an "
@@ -151,7 +160,7 @@ def load_folder(folder: Path, *, schedule: NoiseSchedule | None = None,
     folder = Path(folder)
     if not folder.is_dir():
         raise PretrainedError(f"model folder not found: {folder}")
-    unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    unet_dir = files.unet_folder(folder)
     config_file = unet_dir / "config.json"
     if not config_file.is_file():
         raise PretrainedError(
@@ -160,14 +169,14 @@ def load_folder(folder: Path, *, schedule: NoiseSchedule | None = None,
     weights = next((unet_dir / w for w in WEIGHT_NAMES if (unet_dir / w).is_file()), None)
     if weights is None:
         raise PretrainedError(f"no weights in {unet_dir}: expected one of {WEIGHT_NAMES}")
-    config = _read_json(config_file)
-    model_cls = _model_class(config, config_file)
-    _check_model_config(config, model_cls, config_file)
+    config = files.read_json(config_file)
+    model_cls = files.model_class(config, config_file)
+    files.check_model_config(config, model_cls, config_file)
     if weights.suffix == ".safetensors":
-        _check_safetensors(weights)
-    model = _load_model(model_cls, unet_dir, weights)
+        files.check_safetensors(weights)
+    model = files.load_network(model_cls, unet_dir, weights)
 
-    sched_config = _scheduler_config(folder)
+    sched_config = files.scheduler_config(folder)
     prediction_type = "epsilon"
     if sched_config is not None:
         path, cfg = sched_config
@@ -188,105 +197,16 @@ def load_folder(folder: Path, *, schedule: NoiseSchedule | None = None,
                       prediction_type=prediction_type, name=name or str(folder))
 
 
-# ---------------------------------------------------------------------------- helpers
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PretrainedError(f"cannot read {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise PretrainedError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+def declared_classes(name_or_path: str | os.PathLike) -> tuple[int | None, int | None] | None:
+    """(number of real classes, null class) that a bundled model or local folder declares
+    in its config, (None, None) when it is unconditional, None when that cannot be told
+    without loading (a hub id, a missing folder). Cheap: reads one JSON file."""
+    name = os.fspath(name_or_path)
+    if name in BUNDLED_MODELS:
+        return files.declared_classes(bundled_path(name))
+    folder = Path(name).expanduser()
+    return files.declared_classes(folder) if folder.is_dir() else None
 
 
-def _model_class(config: dict, path: Path) -> type:
-    import diffusers
-
-    class_name = config.get("_class_name", "UNet2DModel")
-    cls = getattr(diffusers, str(class_name), None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
-        raise PretrainedError(f"{path}: _class_name {class_name!r} is not a diffusers model "
-                              "class (expected e.g. 'UNet2DModel')")
-    return cls
-
-
-def _check_model_config(config: dict, cls: type, path: Path) -> None:
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in allowed)
-    if unknown:
-        raise PretrainedError(f"{path}: unknown keys for {cls.__name__}: {unknown}")
-    for key in ("sample_size", "in_channels"):
-        if key not in config:
-            raise PretrainedError(f"{path}: missing {key!r}")
-    size = config["sample_size"]
-    sizes = [size] if isinstance(size, int) else size
-    if (not isinstance(sizes, list) or len(sizes) not in (1, 2)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
-        raise PretrainedError(f"{path}: sample_size must be a positive integer or a pair of "
-                              f"them, got {size!r}")
-    factor = 2 ** max(len(config.get("down_block_types", ())) - 1, 0)
-    if any(s % factor for s in sizes):
-        raise PretrainedError(
-            f"{path}: sample_size {size} does not match the network: its "
-            f"{len(config['down_block_types'])} down blocks need a multiple of {factor}")
-    if not isinstance(config["in_channels"], int) or config["in_channels"] < 1:
-        raise PretrainedError(f"{path}: in_channels must be a positive integer, got "
-                              f"{config['in_channels']!r}")
-
-
-def _check_safetensors(path: Path) -> None:
-    """Read the header and every tensor, so that truncation or corruption is caught here."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                f.get_slice(key)
-    except Exception as err:  # safetensors raises its own error types
-        raise PretrainedError(f"corrupt or truncated weights file {path}: {err}") from None
-
-
-def _load_model(cls: type, unet_dir: Path, weights: Path) -> torch.nn.Module:
-    try:
-        model = cls.from_pretrained(str(unet_dir), use_safetensors=weights.suffix ==
-                                    ".safetensors", low_cpu_mem_usage=False)
-    except Exception as err:  # diffusers wraps many causes; name the file, keep one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PretrainedError(f"cannot load weights {weights}: {first}") from None
-    return model.eval().requires_grad_(False)
-
-
-def _scheduler_config(folder: Path) -> tuple[Path, dict] | None:
-    for path in (folder / "scheduler" / "scheduler_config.json",
-                 folder / "scheduler_config.json"):
-        if path.is_file():
-            return path, _read_json(path)
-    return None
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _download(repo_id: str) -> Path:
-    """A local snapshot of a hub repo: from the cache, or downloaded when online."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - diffusers depends on it
-        raise PretrainedError("loading hub ids needs huggingface_hub") from None
-    patterns = ["*.json", "*.safetensors", "*.bin"]
-    how = (f"download it first where the hub is reachable (e.g. `huggingface-cli download "
-           f"{repo_id} --local-dir ./{repo_id.split('/')[-1]}`) and pass that folder")
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        if _hub_offline():
-            raise PretrainedError(f"cannot fetch {repo_id!r}: the hub is offline "
-                                  f"(HF_HUB_OFFLINE is set) and it is not cached; {how}"
-                                  ) from None
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PretrainedError(f"cannot fetch {repo_id!r} from the hub ({reason}); {how}"
-                              ) from None
+def _is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))

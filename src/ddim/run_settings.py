@@ -1,95 +1,211 @@
-"""The arguments of a :func:`ddim.generate.generate` run, checked before anything is written.
+"""What determines the images of a run, sample by sample: the settings that ``ddim sample``,
+``ddim eval`` and :func:`ddim.generate.generate` share, checked once and turned into the
+keywords of :func:`ddim.sample_iter` in one place.
 
-:class:`RunSettings` holds what determines the images; the functions check the rest (the
-folder, the model and its device, the number of processes). Every check raises
-``TypeError``/``ValueError`` naming the parameter, the value and what is allowed.
+:class:`SamplingSettings` holds the sampling options (validated by
+:class:`ddim.options.SampleOptions` when made), the seed, and the class labels, of which
+sample i takes ``class_labels[i % len(class_labels)]`` (:func:`ddim.guidance.cycled_labels`).
+:class:`RunSettings` adds what a :func:`~ddim.generate.generate` run needs (count, shard and
+batch sizes, PNGs). Every check raises ``TypeError``/``ValueError`` naming the parameter, the
+value and what is allowed.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._checks import check_choice, check_eta, check_int
-from .grid import SPACINGS
+from ._checks import check_bool, check_device, check_int
+from ._words import plural
+from .grid import DEFAULT_SPACING
+from .guidance import check_label_list, class_info, cycled_labels, resolve_labels
 from .images import PIL_MODES
 from .models import model_device_dtype
 from .noise import sample_generators
+from .options import DEFAULT_STEPS, SampleOptions
 from .pretrained import Pretrained, load_pretrained
-from .sampler import sample_iter
+from .sampler import SampleStep, sample_iter
 from .shards import count_shards
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSettings:
-    """What determines a run's images, checked when made: ``num`` >= 1 samples, ``steps``,
-    ``eta``, ``spacing`` as in :func:`ddim.sample`, ``seed`` >= 0, ``shard_size`` >= 1 samples
-    per file, ``batch_size`` >= 1 per model call (at most a shard's worth is used), ``png``.
+class SamplingSettings:
+    """The sampling settings of a run, checked when made.
+
+    ``steps``, ``eta``, ``spacing``, ``solver`` and ``guidance_scale`` as in
+    :func:`ddim.sample` (checked by :class:`~ddim.options.SampleOptions`; what needs the model,
+    such as steps <= T, by :meth:`check_model`); ``seed`` >= 0: sample i draws its noise from
+    the generator of (seed, i); ``class_labels``: None, one label, or a list of which sample i
+    takes entry i mod its length; a label is an integer or ``"null"`` (the model's null class,
+    replaced by :meth:`for_model`). Kept as a tuple.
+
+    Raises:
+        TypeError / ValueError naming the field and what is allowed.
+    """
+
+    steps: int = DEFAULT_STEPS
+    eta: float = 0.0
+    spacing: str = DEFAULT_SPACING
+    solver: str = "ddim"
+    seed: int = 0
+    class_labels: tuple[int | str, ...] | None = None
+    guidance_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        options = SampleOptions(steps=self.steps, eta=self.eta, spacing=self.spacing,
+                                solver=self.solver, guidance_scale=self.guidance_scale)
+        _set(self, steps=DEFAULT_STEPS if self.steps is None else self.steps, eta=options.eta,
+             spacing=options.spacing or DEFAULT_SPACING,  # None: the defaults, recorded
+             seed=check_int("seed", self.seed, low=0),
+             class_labels=check_label_list(self.class_labels))
+
+    def for_model(self, model: Any) -> SamplingSettings:
+        """These settings with ``"null"`` labels replaced by ``model``'s null class.
+
+        Raises:
+            ValueError: labels for a model that is not class-conditional, ``"null"`` for one
+            without a null class, a label outside the model's classes.
+        """
+        if self.class_labels is None:
+            return self
+        return replace(self, class_labels=resolve_labels(self.class_labels, *class_info(model)))
+
+    def keywords(self, lo: int, hi: int, x_T: torch.Tensor | None = None) -> dict[str, Any]:
+        """The keywords of :func:`ddim.sample_iter` for samples ``lo .. hi-1`` of the run:
+        their generators and labels, and ``batch_size`` = hi - lo, or ``x_T`` (hi-lo, ...)
+        when given. Labels must be resolved (:meth:`for_model`)."""
+        labels = (None if self.class_labels is None
+                  else cycled_labels(self.class_labels, lo, hi))
+        start = {"batch_size": hi - lo} if x_T is None else {"x_T": x_T}
+        return dict(steps=self.steps, eta=self.eta, spacing=self.spacing, solver=self.solver,
+                    class_labels=labels, guidance_scale=self.guidance_scale,
+                    generator=sample_generators(self.seed, lo, hi), **start)
+
+    def check_model(self, model: Any, device: torch.device | None = None) -> None:
+        """Everything :func:`ddim.sample_iter` checks against ``model`` (steps <= T, the
+        labels, the guidance scale, the device), without a model call.
+
+        Raises:
+            TypeError / ValueError naming the parameter.
+        """
+        # every label is checked by for_model; sample_iter checks the rest on one sample
+        sample_iter(model, device=device, **self.for_model(model).keywords(0, 1))
+
+    def sample(self, model: Any, lo: int, hi: int, *, batch_size: int,
+               device: torch.device | None = None, x_T: torch.Tensor | None = None,
+               on_step: Callable[[int, int, SampleStep], Any] | None = None) -> torch.Tensor:
+        """Samples ``lo .. hi-1`` (hi-lo, C, ...) on the CPU, in batches of ``batch_size``
+        that start at ``lo``, from ``x_T`` (hi-lo, C, ...) when given; ``on_step(a, b,
+        step)`` is called after every step of the batch of samples a..b-1. The settings'
+        labels must be resolved (:meth:`for_model`).
+
+        Raises:
+            the errors of :func:`ddim.sample_iter` (:class:`ddim.NonFiniteError` when the model
+            returns NaN or inf).
+        """
+        chunks = []
+        for a in range(lo, hi, batch_size):
+            b = min(a + batch_size, hi)
+            rows = None if x_T is None else x_T[a - lo:b - lo]
+            x = None
+            for step in sample_iter(model, device=device, **self.keywords(a, b, rows)):
+                x = step.sample
+                if on_step is not None:
+                    on_step(a, b, step)
+            chunks.append(x.cpu())
+        return torch.cat(chunks)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings as JSON values, in the order run.json records them."""
+        return dict(steps=self.steps, eta=self.eta, solver=self.solver, spacing=self.spacing,
+                    seed=self.seed, class_labels=_json(self.class_labels),
+                    guidance_scale=_json(self.guidance_scale))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings(SamplingSettings):
+    """The settings of a :func:`ddim.generate.generate` run: those of
+    :class:`SamplingSettings`, and ``num`` >= 1 samples, ``shard_size`` >= 1 samples per file,
+    ``batch_size`` >= 1 per model call (at most a shard's worth is used), ``png``.
 
     Raises:
         TypeError / ValueError naming the field and what is allowed.
     """
 
     num: int
-    steps: int
-    eta: float
-    seed: int
-    spacing: str
     shard_size: int
     batch_size: int
-    png: bool
+    png: bool = False
 
     def __post_init__(self) -> None:
-        checked = dict(num=check_int("num", self.num, low=1),
-                       steps=check_int("steps", self.steps, low=1), eta=check_eta(self.eta),
-                       seed=check_int("seed", self.seed, low=0),
-                       spacing=check_choice("spacing", self.spacing, SPACINGS),
-                       shard_size=check_int("shard_size", self.shard_size, low=1),
-                       png=check_bool("png", self.png))
-        checked["batch_size"] = min(check_int("batch_size", self.batch_size, low=1),
-                                    checked["shard_size"])
-        for name, value in checked.items():  # normalised: eta=1 is recorded as 1.0
-            object.__setattr__(self, name, value)
+        super().__post_init__()
+        shard_size = check_int("shard_size", self.shard_size, low=1)
+        _set(self, num=check_int("num", self.num, low=1), shard_size=shard_size,
+             batch_size=min(check_int("batch_size", self.batch_size, low=1), shard_size),
+             png=check_bool("png", self.png))
+
+    def check_model(self, model: Any, device: torch.device | None = None) -> None:
+        """As :meth:`SamplingSettings.check_model`, and that ``png`` has 1- or 3-channel
+        samples. Raises TypeError / ValueError."""
+        super().check_model(model, device)
+        if self.png and model.sample_shape[0] not in PIL_MODES:
+            raise ValueError(f"PNG files hold 1- or 3-channel images, this model makes "
+                             f"{model.sample_shape[0]} channels: ask for no PNGs")
 
     def recorded(self) -> dict[str, Any]:
         """The settings that run.json records, in its order."""
-        return dict(num=self.num, steps=self.steps, eta=self.eta, seed=self.seed,
-                    spacing=self.spacing, shard_size=self.shard_size)
+        return dict(num=self.num, **super().recorded(), shard_size=self.shard_size)
 
-    def check_model(self, bundle: Pretrained, device: torch.device) -> None:
-        """Everything :func:`ddim.sample_iter` checks against the model (steps <= T, ...),
-        and that ``png`` has 1- or 3-channel samples. Raises TypeError / ValueError."""
-        sample_iter(bundle, self.steps, self.eta, batch_size=1, spacing=self.spacing,
-                    device=device, generator=sample_generators(self.seed, 0, 1))
-        if self.png and bundle.sample_shape[0] not in PIL_MODES:
-            raise ValueError(f"png=True needs 1- or 3-channel samples, this model makes "
-                             f"{bundle.sample_shape[0]} channels")
+
+def _set(settings: Any, **values: Any) -> None:
+    """Store checked (normalised) values in a frozen settings object."""
+    for name, value in values.items():
+        object.__setattr__(settings, name, value)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return None if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------- the run's frame
+class TooManyProcessesError(ValueError):
+    """More processes than shards. :meth:`message` words it for another interface."""
+
+    def __init__(self, world_size: int, shards: int, num: int, shard_size: int) -> None:
+        self.world_size, self.shards, self.num, self.shard_size = (world_size, shards, num,
+                                                                    shard_size)
+        super().__init__(self.message())
+
+    def message(self, processes: str = "world_size={} processes",
+                shard_size: str = "shard_size") -> str:
+        """The message, with ``processes`` (formatted with the count) and ``shard_size``
+        naming the two settings."""
+        shards = self.shards
+        return (f"{processes.format(self.world_size)} but the run has only "
+                f"{plural(shards, 'shard')} ({plural(self.num, 'sample')}, {shard_size} "
+                f"{self.shard_size}): {self.world_size - shards} would idle; start at most "
+                f"{plural(shards, 'process', 'processes')} or pass a smaller {shard_size}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (broadcast to other ranks)
+        return type(self), (self.world_size, self.shards, self.num, self.shard_size)
 
 
 def check_world_size(num: int, shard_size: int, world_size: int) -> None:
     """Refuse more processes than shards: the extra ones would idle (almost always a mistake).
 
     Raises:
-        ValueError: world_size > ceil(num / shard_size), saying how many shards there are.
+        TooManyProcessesError (a ValueError): world_size > ceil(num / shard_size).
     """
     shards = count_shards(num, shard_size)
     if world_size > shards:
-        raise ValueError(
-            f"world_size={world_size} processes but the run has only {shards} shard"
-            f"{'s' if shards > 1 else ''} ({num} samples, shard_size {shard_size}): "
-            f"{world_size - shards} would idle; start at most {shards} processes or pass a "
-            "smaller shard_size")
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """``value`` if it is True or False. Raises TypeError naming ``name`` otherwise."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
+        raise TooManyProcessesError(world_size, shards, num, shard_size)
 
 
 def check_out_dir(out_dir: Any) -> Path:
@@ -114,6 +230,7 @@ def bundle_on_device(model: Any, device: Any) -> tuple[Pretrained, torch.device]
         TypeError: model is neither a bundle nor a name. ValueError: device is not where the
         bundle's network is. :class:`ddim.PretrainedError` from loading.
     """
+    device = check_device("device", device)
     if isinstance(model, (str, os.PathLike)):
         model = load_pretrained(model, device=device)
     if not isinstance(model, Pretrained):
@@ -123,7 +240,6 @@ def bundle_on_device(model: Any, device: Any) -> tuple[Pretrained, torch.device]
     model_device = model_device or torch.device("cpu")
     if device is None:
         return model, model_device
-    device = torch.device(device)
     if device.type != model_device.type or (
             device.index is not None and device.index != model_device.index):
         raise ValueError(f"device={str(device)!r} but the model is on {model_device}; move it "

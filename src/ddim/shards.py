@@ -1,65 +1,43 @@
-"""The files of a :func:`ddim.generate.generate` run, and :func:`pack`, which joins them.
+"""The shard files of a :func:`ddim.generate.generate` run, and :func:`pack`, which joins them.
 
 The run's folder::
 
-    run.json          everything that determines the images (written first, atomically)
+    run.json          everything that determines the images (:mod:`ddim.manifest`), first
+    run.lock          the lock of the process writing the folder (:mod:`ddim.folder_lock`)
     shard-00000.npz   ``images`` (n, H, W, C) uint8 and ``indices`` (n,) int64 of samples
     shard-00001.npz   k·shard_size .. min((k+1)·shard_size, num) - 1; the last one is partial
     ...
     png/000123.png    one PNG per sample, when asked for
 
-Every file is written atomically (:func:`ddim.io.atomic_write`): a crash, Ctrl-C or a full
-disk leaves whole files or none. This module knows the formats; :mod:`ddim.generate` decides
-what to write when.
+Each shard also holds ``run_id``, the identity of the run that wrote it
+(:func:`ddim.manifest.run_identity` of its run.json): a shard of another run (one whose
+run.json was replaced while it still wrote) is never taken for one of this run's. Every file
+is written atomically (:func:`ddim.io.atomic_write`): a crash, Ctrl-C or a full disk leaves
+whole files or none. This module knows the formats; :mod:`ddim.generate` decides what to
+write when.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
-from ._version import __version__
+from ._words import plural
 from .images import save_npz, save_png
-from .io import atomic_write_text
-from .models import model_device_dtype
-from .noise import SEED_RULE
-from .pretrained import BUNDLED_MODELS, WEIGHT_NAMES, Pretrained
+from .manifest import MANIFEST, read_manifest, remedy, run_identity, write_run_file
 
-MANIFEST = "run.json"
-FORMAT = "ddim-generate/1"
 PNG_DIR = "png"
 _SHARD_FILE = re.compile(r"^shard-(\d+)\.npz$")
 _TEMP_GLOBS = (".shard-*.tmp", f".{MANIFEST}.*.tmp", f"{PNG_DIR}/.*.tmp")
 
 
-class RunMismatchError(ValueError):
-    """The folder holds another run's files, or shards without a run.json to check them by.
-
-    ``fields`` names the run.json entries that differ (none without a run.json). The message
-    names the remedy ``overwrite=True``; :meth:`message` spells it for another interface."""
-
-    def __init__(self, problem: str, fields: tuple[str, ...] = ()) -> None:
-        self.problem, self.fields = problem, tuple(fields)
-        super().__init__(self.message("overwrite=True"))
-
-    def message(self, overwrite: str) -> str:
-        """The error message, with the option that starts over spelt ``overwrite``."""
-        if self.fields:
-            return (f"{self.problem}. Rerun with its arguments to resume it, use another "
-                    f"folder, or pass {overwrite} to delete its shards and start over")
-        return f"{self.problem}; pass {overwrite} to delete them, or use another folder"
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (broadcast to other ranks)
-        return type(self), (self.problem, self.fields)
+class ShardError(ValueError):
+    """A shard file that cannot be used; the message says why: missing, unreadable, written
+    by another run, or holding other samples."""
 
 
 def shard_name(k: int) -> str:
@@ -83,126 +61,42 @@ def shard_numbers(out: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in map(_SHARD_FILE.match, names) if m)
 
 
-def _names(ks: list[int], limit: int = 10) -> str:
-    names = ", ".join(shard_name(k) for k in ks[:limit])
-    return names + (f" and {len(ks) - limit} more" if len(ks) > limit else "")
-
-
-# ---------------------------------------------------------------------------- run.json
-def make_manifest(bundle: Pretrained, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The contents of run.json: the model's identity, then ``settings`` (num, steps, eta,
-    seed, spacing, shard_size), the seed rule and the ddim version; JSON types only."""
-    _, model_dtype = model_device_dtype(bundle)
-    schedule = bundle.schedule.alphas_cumprod.numpy().astype("<f8").tobytes()
-    manifest = {
-        "format": FORMAT,
-        "model": _model_name(bundle),
-        "weights": _weights_identity(bundle),
-        "model_dtype": str(model_dtype).removeprefix("torch.") if model_dtype else None,
-        "schedule_sha256": hashlib.sha256(schedule).hexdigest(),
-        "prediction_type": bundle.prediction_type,
-        "sample_shape": list(bundle.sample_shape),
-        "data_range": [float(v) for v in bundle.data_range],
-        **settings,
-        "seed_rule": SEED_RULE,
-        "ddim_version": __version__,
-    }
-    return json.loads(json.dumps(manifest))  # as it will read back
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """run.json as a dict; None if it does not exist. Raises ValueError if it cannot be
-    read or is not a JSON object."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    """Write run.json into ``out`` atomically (OSError: see :func:`write_shard`)."""
-    text = json.dumps(manifest, indent=2) + "\n"
-    _write_or_explain(out / MANIFEST, lambda p: atomic_write_text(p, text))
-
-
-def check_same_run(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-    """Raise :class:`RunMismatchError` unless folder ``out``, whose run.json reads ``old``
-    (None: none), can hold the run ``new``: the same run, or no run and no shard files."""
-    if old is None and shard_numbers(out):
-        raise RunMismatchError(f"out_dir {str(out)!r} holds shard files but no {MANIFEST}, so "
-                               "they cannot be checked")
-    if old is None or old == new:
-        return
-    fields = tuple(k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k))
-    shown = ", ".join(f"{k} ({_short(old.get(k))} there, {_short(new.get(k))} now)"
-                      for k in fields)
-    raise RunMismatchError(f"out_dir {str(out)!r} holds another run: its {MANIFEST} differs "
-                           f"in {shown}", fields)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _model_name(bundle: Pretrained) -> str:
-    name = bundle.name
-    # a folder: recorded absolute, so that it reads the same from any working directory
-    if name and name not in BUNDLED_MODELS and Path(name).is_dir():
-        return str(Path(name).resolve())
-    return name
-
-
-def _weights_identity(bundle: Pretrained) -> dict[str, Any] | None:
-    """sha256 of the weights file (safetensors or bin), else of the parameters' bytes."""
-    network = getattr(bundle, "model", None)
-    config = getattr(network, "config", None)
-    folder = getattr(config, "_name_or_path", None) if config is not None else None
-    if folder and Path(folder).is_dir():
-        for name in WEIGHT_NAMES:
-            file = Path(folder) / name
-            if file.is_file():
-                digest = hashlib.sha256()
-                with open(file, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                return {"file": name, "sha256": digest.hexdigest()}
-    if isinstance(network, torch.nn.Module):
-        digest = hashlib.sha256()
-        for key, tensor in network.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return {"state_dict_sha256": digest.hexdigest()}
-    return None
+def _names(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # ---------------------------------------------------------------------------- shards, PNGs
-def read_shard(path: Path, lo: int, hi: int, hwc: tuple[int, int, int]
-               ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(images (hi-lo, H, W, C) uint8, indices lo..hi-1) of a complete, readable shard for
-    samples [lo, hi); None when it is missing, unreadable, or holds anything else."""
+def read_shard(path: Path, lo: int, hi: int, hwc: tuple[int, int, int], run_id: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(images (hi-lo, H, W, C) uint8, indices lo..hi-1) of the complete shard at ``path``
+    that the run of identity ``run_id`` wrote for samples [lo, hi).
+
+    Raises:
+        ShardError: the file is missing, unreadable (truncated, corrupt), written by another
+        run (or by a version of ddim that stored no identity), or holds anything else.
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             images, indices = data["images"], data["indices"]
-    except Exception:  # missing, truncated or corrupt (BadZipFile, zlib.error, KeyError...)
-        return None
+            written_by = str(data["run_id"]) if "run_id" in data.files else None
+    except FileNotFoundError:
+        raise ShardError("missing") from None
+    except Exception as err:  # truncated or corrupt (BadZipFile, zlib.error, KeyError...)
+        raise ShardError(f"unreadable ({type(err).__name__})") from None
+    if written_by != run_id:
+        raise ShardError("written by another run")
     if (images.dtype != np.uint8 or images.shape != (hi - lo, *hwc)
             or not np.array_equal(indices, np.arange(lo, hi))):
-        return None
+        raise ShardError("holds other samples than its name says")
     return images, indices
 
 
-def write_shard(path: Path, images: np.ndarray, lo: int) -> None:
-    """Write uint8 ``images`` (n, H, W, C) of samples lo.. as a shard. Raises OSError with the
-    failure's errno, naming the file and saying that a rerun with the same arguments resumes."""
+def write_shard(path: Path, images: np.ndarray, lo: int, run_id: str) -> None:
+    """Write uint8 ``images`` (n, H, W, C) of samples lo.. as a shard of the run of identity
+    ``run_id``. Raises OSError as :func:`ddim.manifest.write_run_file`."""
     indices = np.arange(lo, lo + len(images), dtype=np.int64)
-    _write_or_explain(path, lambda p: save_npz(p, images, indices=indices))
+    write_run_file(path, lambda p: save_npz(p, images, indices=indices, run_id=run_id))
 
 
 def write_pngs(out: Path, images: np.ndarray, lo: int, num: int,
@@ -215,24 +109,14 @@ def write_pngs(out: Path, images: np.ndarray, lo: int, num: int,
     for i, image in enumerate(images, start=lo):
         path = folder / f"{i:0{width}d}.png"
         if not (only_missing and path.is_file()):
-            _write_or_explain(path, lambda p, im=image: save_png(p, im))
-
-
-def _write_or_explain(path: Path, write: Callable[[Path], Any]) -> None:
-    """Run ``write(path)``, an atomic write; an OSError gets a message saying what to do."""
-    try:
-        write(path)
-    except OSError as err:
-        reason = err.strerror or str(err)
-        hint = ("free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT)
-                else "fix the cause")
-        raise OSError(err.errno, f"cannot write {path}: {reason}; no partial file is left and "
-                                 f"finished shards are kept: {hint} and rerun with the same "
-                                 "arguments to resume") from err
+            write_run_file(path, lambda p, im=image: save_png(p, im))
 
 
 def remove_temp_files(out: Path) -> None:
-    """Delete the temporary files a killed process left in ``out`` (SIGKILL, power loss)."""
+    """Delete the temporary files a killed process left in ``out`` (SIGKILL, power loss).
+
+    Only the holder of the folder's lock (:mod:`ddim.folder_lock`) may call this, before its
+    run writes: a live writer's temporary files would go too."""
     for pattern in _TEMP_GLOBS:
         for tmp in out.glob(pattern):
             tmp.unlink(missing_ok=True)
@@ -250,17 +134,24 @@ def remove_run_files(out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- pack
+_PACKED = ("model", "steps", "eta", "solver", "seed", "spacing", "class_labels",
+           "guidance_scale", "num", "seed_rule", "ddim_version")  # copied from run.json
+
+
 def pack(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Join the shards of the run in ``out_dir`` into one ``.npz`` at ``path``, atomically.
 
     The file holds ``images`` (num, H, W, C) uint8 in index order and the run's settings
-    (``manifest``: run.json as text, plus ``model``, ``steps``, ``eta``, ``seed``, ``spacing``,
-    ``num``, ``seed_rule``, ``ddim_version``).
+    (``manifest``: run.json as text, plus its ``model``, ``steps``, ``eta``, ``solver``,
+    ``seed``, ``spacing``, ``class_labels`` and ``guidance_scale`` when set, ``num``,
+    ``seed_rule`` and ``ddim_version``).
 
     Raises:
-        ValueError: no run.json in out_dir, ``path`` not ending in ``.npz``, shards missing or
-            unreadable (listed), or shard files that are not part of the run.
-        OSError: ``path`` cannot be written (no partial file is left).
+        ValueError: no run.json in out_dir, ``path`` not ending in ``.npz``, shard files that
+            are not part of the run, or shards missing, unreadable or written by another run
+            (each listed with its reason).
+        OSError: ``path`` cannot be written (no partial file is left); the message says that
+            the shards are complete.
     """
     out = Path(out_dir)
     manifest = read_manifest(out / MANIFEST)
@@ -269,32 +160,34 @@ def pack(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
                          "generate run")
     if not str(path).lower().endswith(".npz"):
         raise ValueError(f"path must end in .npz, got {str(path)!r}")
-    num, shard_size = manifest["num"], manifest["shard_size"]
+    num, shard_size, run_id = manifest["num"], manifest["shard_size"], run_identity(manifest)
     c, h, w = manifest["sample_shape"]
     n = count_shards(num, shard_size)
-    extra = [k for k in shard_numbers(out) if k >= n]
+    extra = [shard_name(k) for k in shard_numbers(out) if k >= n]
     if extra:
-        raise ValueError(f"{out} holds shard files that are not part of its run of {n} shards: "
+        raise ValueError(f"{out} holds shard files that are not part of its run of "
+                         f"{plural(n, 'shard')}: "
                          f"{_names(extra)}")
     images = np.empty((num, h, w, c), dtype=np.uint8)
-    seen = np.zeros(num, dtype=np.int64)
-    missing = []
+    bad = []
     for k in range(n):
         lo, hi = shard_range(k, num, shard_size)
-        arrays = read_shard(out / shard_name(k), lo, hi, (h, w, c))
-        if arrays is None:
-            missing.append(k)
-            continue
-        images[lo:hi], indices = arrays
-        np.add.at(seen, indices, 1)
-    if missing:
-        raise ValueError(f"cannot pack {out}: {len(missing)} of {n} shards missing or "
-                         f"unreadable: {_names(missing)}; rerun the generation with the "
-                         "same arguments to make them")
-    if not (seen == 1).all():  # cannot happen with valid shards; checked all the same
-        raise ValueError(f"cannot pack {out}: sample indices not covered exactly once, e.g. "
-                         f"{np.flatnonzero(seen != 1)[:10].tolist()}")
-    return save_npz(path, images, manifest=json.dumps(manifest), model=manifest["model"],
-                    steps=manifest["steps"], eta=manifest["eta"], seed=manifest["seed"],
-                    spacing=manifest["spacing"], num=num, seed_rule=manifest["seed_rule"],
-                    ddim_version=manifest["ddim_version"])
+        try:
+            images[lo:hi] = read_shard(out / shard_name(k), lo, hi, (h, w, c), run_id)[0]
+        except ShardError as err:
+            bad.append(f"{shard_name(k)} ({err})")
+    if bad:
+        raise ValueError(f"cannot pack {out}: {len(bad)} of {n} shards missing, unreadable or "
+                         f"not of the run its {MANIFEST} describes: {_names(bad)}; rerun the "
+                         "generation with the same arguments to make them")
+    settings = {k: manifest[k] for k in _PACKED if manifest.get(k) is not None}
+    try:
+        return save_npz(path, images, manifest=json.dumps(manifest), **settings)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; no partial "
+                                 f"file is left, and {_shards_in(n, out)} complete: "
+                                 f"{remedy(err)} and pack again") from err
+
+
+def _shards_in(n: int, out: Path) -> str:
+    return f"the {n} shards in {out} are" if n != 1 else f"the shard in {out} is"

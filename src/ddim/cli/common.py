@@ -1,9 +1,9 @@
-"""What the ``ddim`` subcommands share: errors and exit codes, the argument parser, checks of
-outputs and devices, model loading, the progress bar, and reading and writing files.
+"""What the ``ddim`` subcommands share: library errors as CLI errors, checks of outputs,
+devices and class labels, the sampling settings, model loading, the progress bar, writing.
 
-Errors the user can fix are raised as :class:`CliError` with :data:`EXIT_USAGE` (2), failed
-runs (the model returned NaN, the disk filled up) with :data:`EXIT_FAILURE` (1); ``ddim.cli.main``
-prints them as one line. Everything here that reads a file runs before the model is loaded.
+Errors the user can fix are raised as :class:`~.base.CliError` with status 2, failed runs
+(the model returned NaN, the disk filled up) with status 1; ``ddim.cli.main`` prints them as
+one line. Every check here that needs no model runs before the model is loaded.
 """
 
 from __future__ import annotations
@@ -11,53 +11,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .. import NonFiniteError, Pretrained, PretrainedError, __version__, load_pretrained
+from .._checks import check_device as check_library_device
+from .._version import __version__
+from ..folder_lock import FolderInUseError
+from ..guidance import NULL_LABEL, class_info, resolve_labels
 from ..images import save_image_grid, save_npz, to_uint8
-from ..shards import RunMismatchError
-
-PROG = "ddim"
-EXIT_USAGE = 2  # bad arguments (argparse's convention)
-EXIT_FAILURE = 1  # the run itself failed
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
-_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error,
-               UnidentifiedImageError)
-
-
-class CliError(Exception):
-    """A problem to report as ``ddim: error: <message>`` with exit status ``status``."""
-
-    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but errors become a :class:`CliError` (one line, no usage block)."""
-
-    def error(self, message: str) -> Any:
-        raise CliError(f"{message} (see '{self.prog} --help')")
+from ..manifest import RunMismatchError
+from ..models import NonFiniteError
+from ..pretrained import Pretrained, PretrainedError, declared_classes, load_pretrained
+from ..run_settings import SamplingSettings
+from .base import EXIT_FAILURE, EXIT_USAGE, CliError, plural
+from .options import library_options
 
 
 def library_error(err: Exception, where: str = "") -> CliError:
     """The :class:`CliError` for an error a library call raised, ``where`` appended.
 
     Status 1 for a failed run (OSError: a file could not be written; NonFiniteError: the model
-    returned NaN or inf), 2 for anything else (arguments the library refused). OSErrors show
-    their reason only; a :class:`ddim.shards.RunMismatchError` names ``--overwrite``.
+    returned NaN or inf), 2 for anything else (arguments the library refused, a folder in use
+    by another process). OSErrors show their reason only; a
+    :class:`ddim.manifest.RunMismatchError` or :class:`ddim.folder_lock.FolderInUseError`
+    names ``--out`` (and ``--overwrite``).
     """
     if isinstance(err, RunMismatchError):
-        message = err.message("--overwrite")
+        message = err.message("--overwrite", "--out")
+    elif isinstance(err, FolderInUseError):
+        message = err.message("--out")
     elif isinstance(err, OSError) and err.strerror:
         message = err.strerror
     else:
@@ -85,26 +71,111 @@ def check_output(path: Path, suffixes: Sequence[str], flag: str = "--out") -> Pa
     return path
 
 
-def check_device(name: str | None) -> torch.device | None:
-    """``--device`` as a torch.device (None stays None: the default, CPU).
+def check_folder(path: Path, flag: str = "--out") -> Path:
+    """``path`` if it is a writable folder, or one that can be made (its nearest existing
+    parent is a writable folder).
 
     Raises:
-        CliError: an unknown device, or one this machine does not have.
+        CliError: it is a file, or it (or the parent it would be made in) is not writable.
     """
-    if name is None:
-        return None
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{flag}: '{path}' exists and is not a folder")
+    writable = os.W_OK | os.X_OK
+    if path.is_dir():
+        if not os.access(path, writable):
+            raise CliError(f"{flag}: folder '{path}' is not writable")
+        return path
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not (existing.is_dir() and os.access(existing, writable)):
+        raise CliError(f"{flag}: cannot make folder '{path}': '{existing}' is not a writable "
+                       "folder")
+    return path
+
+
+def check_device(name: str | None) -> torch.device | None:
+    """``--device`` as a torch.device (None stays None: the default, CPU), checked as the
+    library checks ``device=``.
+
+    Raises:
+        CliError: an unknown device, one this machine does not have, or ``meta``.
+    """
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device: unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if device.type in available and not available[device.type]():
-        raise CliError(f"--device: {device.type} is not available on this machine")
-    if device.type == "cuda" and device.index is not None and (
-            device.index >= torch.cuda.device_count()):
-        raise CliError(f"--device: {name} does not exist ({torch.cuda.device_count()} CUDA "
-                       "devices)")
-    return device
+        return check_library_device("--device", name)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from None
+
+
+def sampling_settings(args: argparse.Namespace, command: str,
+                      settings: type[SamplingSettings] = SamplingSettings,
+                      **more: Any) -> SamplingSettings:
+    """The :class:`~ddim.run_settings.SamplingSettings` (or ``settings``, with ``more``) of
+    ``command``'s options, checked before the model is loaded.
+
+    Raises:
+        CliError: options the library refuses (e.g. --eta with a deterministic --solver).
+    """
+    try:
+        return settings(seed=args.seed, class_labels=args.class_labels,
+                        **library_options(args, command), **more)
+    except (TypeError, ValueError) as err:
+        raise library_error(err) from None
+
+
+def check_class_options(args: argparse.Namespace) -> None:
+    """Before loading: --guidance-scale needs --class, and where the model's files say
+    whether it is class-conditional (a bundled model, a local folder), --class must fit it.
+
+    Raises:
+        CliError: saying what to pass.
+    """
+    if args.guidance_scale is not None and args.class_labels is None:
+        raise CliError(f"--guidance-scale {args.guidance_scale:g} needs --class: guidance "
+                       "mixes the class-conditional and the unconditional prediction")
+    classes = declared_classes(args.model)
+    if classes is not None:
+        _resolve(args, *classes)
+
+
+def model_labels(args: argparse.Namespace, bundle: Pretrained) -> tuple[int, ...] | None:
+    """--class for the loaded ``bundle``, ``null`` replaced by its null class.
+
+    Raises:
+        CliError: no --class for a class-conditional model (saying what to pass), a label it
+        does not have, or --class for an unconditional one.
+    """
+    return _resolve(args, *class_info(bundle))
+
+
+def _resolve(args: argparse.Namespace, num_classes: int | None,
+             null: int | None) -> tuple[int, ...] | None:
+    if args.class_labels is None:
+        if num_classes is None:
+            return None
+        unconditional = f", or {NULL_LABEL} for unconditional samples" if null is not None else ""
+        balanced = (f"; --class {' '.join(map(str, range(num_classes)))} gives balanced "
+                    "classes" if num_classes <= 10 else "")
+        raise CliError(f"--model {args.model} is class-conditional: pass --class with one label "
+                       f"for all images or a list that the images cycle through (0.."
+                       f"{num_classes - 1}{unconditional}{balanced})")
+    try:
+        return resolve_labels(args.class_labels, num_classes, null, name="--class")
+    except ValueError as err:
+        raise CliError(f"{err} (--model {args.model})") from None
+
+
+def describe(settings: SamplingSettings) -> str:
+    """The settings in a few words: ``10 steps, eta 0, trailing spacing``, then the solver,
+    classes and guidance when they are not the defaults."""
+    words = [plural(settings.steps, "step"), f"eta {settings.eta:g}",
+             f"{settings.spacing} spacing"]
+    if settings.solver != "ddim":
+        words.append(f"solver {settings.solver}")
+    if settings.class_labels is not None:
+        labels = settings.class_labels
+        words.append(f"class{'es' * (len(labels) > 1)} {' '.join(map(str, labels))}")
+    if settings.guidance_scale is not None:
+        words.append(f"guidance {settings.guidance_scale:g}")
+    return ", ".join(words)
 
 
 def want_progress(flag: bool | None) -> bool:
@@ -129,7 +200,8 @@ def progress_bar(total_steps: int, num: int) -> Any:
     """A tqdm bar on stderr over ``total_steps`` model calls that make ``num`` images."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total_steps, desc=f"sampling {num} images", unit="step", file=sys.stderr)
+    return tqdm(total=total_steps, desc=f"sampling {plural(num, 'image')}", unit="step",
+                file=sys.stderr)
 
 
 def load_model(name: str, device: torch.device | None) -> Pretrained:
@@ -140,83 +212,24 @@ def load_model(name: str, device: torch.device | None) -> Pretrained:
         raise CliError(str(err)) from None
 
 
-# ---------------------------------------------------------------------------- reading
-def read_npz(path: Path, keys: Sequence[str], what: str) -> np.ndarray:
-    """The first of the arrays ``keys`` that the .npz at ``path`` holds.
-
-    Raises:
-        CliError: the file cannot be read as an .npz (missing, truncated, not a zip), or holds
-        none of ``keys``; ``what`` names the contents in the message.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in keys if k in data), None)
-            if key is None:
-                wanted = " or ".join(repr(k) for k in keys)
-                raise CliError(f"{path} has no {wanted} array (found: {sorted(data.files)})")
-            return data[key]
-    except _UNREADABLE as err:
-        raise CliError(f"cannot read {what} from {path}: {err}") from None
-
-
-def read_images(path: Path) -> np.ndarray:
-    """uint8 images (N, H, W, C) from a .png (N = 1) or an .npz with ``images``; an .npz of
-    (N, H, W) greyscale images gets C = 1.
-
-    Raises:
-        CliError: unreadable, or not uint8 images with N >= 1.
-    """
-    npz = path.suffix.lower() == ".npz"
-    if npz:
-        array = read_npz(path, ("images",), "images")
-    else:
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("L") if img.mode in ("L", "1", "P", "I")
-                                   else img.convert("RGB"))
-        except _UNREADABLE as err:
-            raise CliError(f"cannot read images from {path}: {err}") from None
-    if array.ndim == 2:
-        array = array[None, :, :, None]
-    elif array.ndim == 3:
-        array = array[..., None] if npz else array[None]
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] == 0:
-        raise CliError(f"{path}: images must be uint8 (N, H, W, C), got {array.dtype} "
-                       f"{array.shape}")
-    return array
-
-
-def read_latents(path: Path) -> torch.Tensor:
-    """The float32 ``latents`` (N, C, H, W) of an .npz written by ``ddim invert``.
-
-    Raises:
-        CliError: unreadable, no ``latents``, not numbers, or not of shape (N, C, ...) with
-        N >= 1.
-    """
-    array = read_npz(path, ("latents",), "latents")
-    if not np.issubdtype(array.dtype, np.number):
-        raise CliError(f"{path}: latents must be numbers, got {array.dtype}")
-    latents = torch.from_numpy(array.astype(np.float32))
-    if latents.ndim < 3 or latents.shape[0] == 0:
-        raise CliError(f"{path}: latents must have shape (N, C, ...), got {tuple(latents.shape)}")
-    return latents
-
-
 # ---------------------------------------------------------------------------- writing
 @contextmanager
-def writing(out: Path) -> Iterator[None]:
+def writing(out: Path, note: str = "") -> Iterator[None]:
     """Run the block that writes ``out``; an OSError (a full disk) becomes a CliError with
-    status 1 naming ``out`` (the library's atomic writes leave no partial file)."""
+    status 1 naming ``out``, ``note`` appended (the library's atomic writes leave no partial
+    file)."""
     try:
         yield
     except OSError as err:
-        raise CliError(f"cannot write {out}: {err.strerror or err}", EXIT_FAILURE) from None
+        raise CliError(f"cannot write {out}: {err.strerror or err}{note}", EXIT_FAILURE
+                       ) from None
 
 
 def write_images(out: Path, images: torch.Tensor, data_range: Sequence[float], scale: int,
                  **meta: Any) -> None:
     """Float ``images`` (N, C, H, W) in ``data_range`` as a PNG grid upscaled ``scale`` times,
-    or as an .npz of uint8 images (N, H, W, C) plus ``meta``, atomically.
+    or as an .npz of uint8 images (N, H, W, C) plus the ``meta`` that are not None,
+    atomically.
 
     Raises:
         CliError: with status 1 when the file cannot be written.
@@ -225,4 +238,6 @@ def write_images(out: Path, images: torch.Tensor, data_range: Sequence[float], s
         if out.suffix.lower() == ".png":
             save_image_grid(images, out, scale=scale, data_range=data_range)
         else:
-            save_npz(out, to_uint8(images, data_range), ddim_version=__version__, **meta)
+            save_npz(out, to_uint8(images, data_range), ddim_version=__version__,
+                     **{k: v for k, v in meta.items() if v is not None})
+

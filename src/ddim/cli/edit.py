@@ -17,26 +17,32 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .. import Pretrained, __version__, img2img, inpaint, invert
+from .._version import __version__
+from ..editing import img2img, inpaint
+from ..guidance import cycled_labels
 from ..images import from_uint8
-from ..inversion import METHODS
+from ..inversion import METHODS, invert
 from ..io import atomic_write
 from ..noise import sample_generators
+from ..pretrained import Pretrained
+from .base import CliError, plural
 from .common import (
-    CliError,
+    check_class_options,
     check_device,
     check_output,
     library_error,
     load_model,
-    read_images,
-    read_npz,
+    model_labels,
+    sampling_settings,
     write_images,
     writing,
 )
+from .files import read_images, read_mask
 from .options import add_options, library_options, natural_int, number_in, positive_int
 
 KEEP = ("left", "right", "top", "bottom")
@@ -46,8 +52,8 @@ IMAGE_FORMATS = (".png", ".npz")
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Add the ``invert``, ``inpaint`` and ``img2img`` subcommands to ``commands``."""
     p = _add_parser(commands, "invert", "encode images to DDIM latents x_T (η = 0)",
-                    "Deterministic DDIM inversion x0 -> x_T. Decode the result with `ddim "
-                    "sample --latents FILE`, same --steps and --spacing.",
+                    "Deterministic DDIM inversion x0 -> x_T. The .npz records --steps and "
+                    "--spacing; decode it with `ddim sample --latents FILE` on that grid.",
                     "output .npz with 'latents' float32 (N, C, H, W)")
     p.add_argument("--method", choices=METHODS, default="ddim",
                    help="ddim: one model call per step; fixed_point: implicit steps that "
@@ -69,10 +75,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_inpaint)
 
     p = _add_parser(commands, "img2img", "re-generate images from a chosen noise level",
-                    "Noise the images to --strength of the grid, then denoise (SDEdit with "
+                    "Noise the images to the level --strength, then denoise (SDEdit with "
                     "DDIM; deterministic with η=0).", "output .png grid or .npz")
     p.add_argument("--strength", type=number_in(0.0, 1.0), required=True,
-                   help="fraction of the grid to run again, in [0, 1]")
+                   help="the noise level to start from, in [0, 1]: 0 returns the images, 1 "
+                        "starts from pure noise (t = T-1), whatever --steps and --spacing")
     p.set_defaults(run=run_img2img)
 
 
@@ -88,18 +95,22 @@ def _add_parser(commands: argparse._SubParsersAction, name: str, summary: str,
 
 
 def run_invert(args: argparse.Namespace) -> int:
-    """``ddim invert``: images -> latents (.npz)."""
+    """``ddim invert``: images -> latents (.npz), recording the grid they belong to."""
     start = time.perf_counter()
     out = check_output(args.out, (".npz",))
-    bundle, images = _load(args, read_images(args.images))
+    bundle, images, labels = _load(args, read_images(args.images))
     latents = _run(lambda: invert(bundle, images, method=args.method,
-                                  max_iters=args.max_iters, **library_options(args, "invert")))
+                                  max_iters=args.max_iters, class_labels=labels,
+                                  **library_options(args, "invert")))
     arrays = dict(latents=latents.cpu().numpy().astype(np.float32), model=str(args.model),
                   steps=args.steps, spacing=args.spacing, method=args.method,
-                  ddim_version=__version__)
+                  class_labels=None if labels is None else labels.numpy(),
+                  guidance_scale=args.guidance_scale, ddim_version=__version__)
     with writing(out):
-        atomic_write(out, lambda f: np.savez(f, **arrays))
-    print(f"wrote {len(latents)} latents to {out} in {time.perf_counter() - start:.1f} s")
+        atomic_write(out, lambda f: np.savez(f, **{k: v for k, v in arrays.items()
+                                                   if v is not None}))
+    print(f"wrote {plural(len(latents), 'latent')} to {out} in "
+          f"{time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -107,16 +118,19 @@ def run_inpaint(args: argparse.Namespace) -> int:
     """``ddim inpaint``: fill the unknown pixels."""
     start = time.perf_counter()
     out = check_output(args.out, IMAGE_FORMATS)
+    if args.resample and args.solver != "ddim":
+        raise CliError(f"--resample {args.resample} repeats steps, which a multistep solver "
+                       f"cannot (its history moves on): use --solver ddim, got --solver "
+                       f"{args.solver}")
     uint8 = read_images(args.images)
-    mask = None if args.keep else _read_mask(args.mask)
-    bundle, images = _load(args, uint8)
+    mask = None if args.keep else read_mask(args.mask, uint8.shape)
+    bundle, images, labels = _load(args, uint8)
     mask = _half_mask(images, args.keep) if args.keep else mask.to(images.device, images.dtype)
     gens = sample_generators(args.seed, 0, len(images))
     result = _run(lambda: inpaint(bundle, images, mask, resample=args.resample, generator=gens,
-                                  **library_options(args, "inpaint")))
-    write_images(out, result, bundle.data_range, args.scale, model=str(args.model),
-                 steps=args.steps, eta=args.eta, seed=args.seed)
-    print(f"wrote {len(result)} inpainted images to {out} in "
+                                  class_labels=labels, **library_options(args, "inpaint")))
+    write_images(out, result, bundle.data_range, args.scale, **_meta(args, labels))
+    print(f"wrote {plural(len(result), 'inpainted image')} to {out} in "
           f"{time.perf_counter() - start:.1f} s")
     return 0
 
@@ -125,28 +139,43 @@ def run_img2img(args: argparse.Namespace) -> int:
     """``ddim img2img``: re-generate from a noise level."""
     start = time.perf_counter()
     out = check_output(args.out, IMAGE_FORMATS)
-    bundle, images = _load(args, read_images(args.images))
+    bundle, images, labels = _load(args, read_images(args.images))
     gens = sample_generators(args.seed, 0, len(images))
     result = _run(lambda: img2img(bundle, images, args.strength, generator=gens,
-                                  **library_options(args, "img2img")))
-    write_images(out, result, bundle.data_range, args.scale, model=str(args.model),
-                 steps=args.steps, eta=args.eta, seed=args.seed, strength=args.strength)
-    print(f"wrote {len(result)} images to {out} in {time.perf_counter() - start:.1f} s")
+                                  class_labels=labels, **library_options(args, "img2img")))
+    write_images(out, result, bundle.data_range, args.scale, strength=args.strength,
+                 **_meta(args, labels))
+    print(f"wrote {plural(len(result), 'image')} to {out} in "
+          f"{time.perf_counter() - start:.1f} s")
     return 0
 
 
 # ---------------------------------------------------------------------------- helpers
-def _load(args: argparse.Namespace, uint8: np.ndarray) -> tuple[Pretrained, torch.Tensor]:
-    """The bundle, and ``uint8`` images (N, H, W, C) as float32 (N, C, H, W) in its data range
-    on its device; refuses images of another shape than the model's samples."""
+def _load(args: argparse.Namespace, uint8: np.ndarray
+          ) -> tuple[Pretrained, torch.Tensor, torch.Tensor | None]:
+    """After the checks that need no model: the bundle; ``uint8`` images (N, H, W, C) as
+    float32 (N, C, H, W) in its data range on its device (refused when their shape is not
+    the model's); and their labels (N,) from --class (image i: entry i mod its length)."""
     device = check_device(args.device)
+    sampling_settings(args, args.command)  # the sampling options, checked before loading
+    check_class_options(args)
     bundle = load_model(args.model, device)
+    resolved = model_labels(args, bundle)
     images = from_uint8(uint8, bundle.data_range).to(device or "cpu")
     want = tuple(bundle.sample_shape)
     if tuple(images.shape[1:]) != want:
         raise CliError(f"--images: {args.images} holds images of shape "
                        f"{tuple(images.shape[1:])} (C, H, W), the model makes {want}")
-    return bundle, images
+    labels = None if resolved is None else cycled_labels(resolved, 0, len(images))
+    return bundle, images, labels
+
+
+def _meta(args: argparse.Namespace, labels: torch.Tensor | None) -> dict[str, Any]:
+    """What an edit's .npz records besides the images."""
+    return dict(model=str(args.model), steps=args.steps, eta=args.eta, solver=args.solver,
+                spacing=args.spacing, seed=args.seed,
+                class_labels=None if labels is None else labels.numpy(),
+                guidance_scale=args.guidance_scale)
 
 
 def _run(edit: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -155,18 +184,6 @@ def _run(edit: Callable[[], torch.Tensor]) -> torch.Tensor:
         return edit()
     except (TypeError, ValueError) as err:
         raise library_error(err) from None
-
-
-def _read_mask(path: Path) -> torch.Tensor:
-    """float64 mask in [0, 1] from a .png (white = 1) or an .npz ('mask' or 'images'; uint8
-    values are divided by 255), channels first: (N, C, H, W) or as stored when not 4-D."""
-    if path.suffix.lower() != ".npz":
-        return torch.from_numpy(read_images(path)).permute(0, 3, 1, 2).double() / 255.0
-    array = read_npz(path, ("mask", "images"), "the mask")
-    mask = torch.from_numpy(np.asarray(array, dtype=np.float64))
-    if array.dtype == np.uint8:
-        mask = mask / 255.0
-    return mask.permute(0, 3, 1, 2) if mask.ndim == 4 else mask  # (N, H, W, C) as stored
 
 
 def _half_mask(images: torch.Tensor, keep: str) -> torch.Tensor:

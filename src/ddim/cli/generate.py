@@ -11,17 +11,21 @@ line with argparse, which reads ``--num`` as an ambiguous abbreviation of torchr
 
 The work is done by :mod:`ddim.generate` (:func:`~ddim.generate.prepare_run`, then
 :func:`~ddim.generate.make_shards`) and :func:`ddim.shards.pack`; this module parses the
-command line and reports. An error that every process raises alike (bad arguments, a folder
-that holds another run) is printed once, by rank 0; an error of one process names its rank.
+command line and reports. Everything that can be checked (arguments, labels, device, number
+of processes, the model) is checked before the folder or run.json is written. An error that
+every process raises alike (bad arguments, a folder that holds another run or is in use by
+another process) is printed once, by rank 0; an error of one process names its rank.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .. import distributed
+from ..folder_lock import FolderInUseError, check_unlocked
 from ..generate import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SHARD_SIZE,
@@ -29,18 +33,21 @@ from ..generate import (
     make_shards,
     prepare_run,
 )
-from ..run_settings import RunSettings, check_world_size
+from ..run_settings import RunSettings, TooManyProcessesError, check_world_size
 from ..shards import pack
+from .base import EXIT_INTERRUPTED, CliError, plural
 from .common import (
-    EXIT_INTERRUPTED,
-    CliError,
+    check_class_options,
     check_device,
+    check_folder,
     check_output,
     library_error,
     load_model,
+    model_labels,
+    sampling_settings,
     want_progress,
 )
-from .options import add_options, library_options, positive_int
+from .options import add_options, positive_int
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -81,33 +88,29 @@ def run_generate(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     try:  # before joining the process group, where the other processes would wait
         check_world_size(args.num, args.shard_size, world_size)
-    except ValueError as err:
-        hint = " (processes: torchrun's --nproc_per_node × --nnodes)"
-        return _report_once(library_error(err, hint), rank)
+    except TooManyProcessesError as err:
+        return _report_once(CliError(err.message(
+            "{} processes (torchrun's --nproc_per_node × --nnodes)", "--shard-size")), rank)
     try:
-        settings = RunSettings(num=args.num, seed=args.seed, shard_size=args.shard_size,
-                               batch_size=args.batch_size, png=args.png,
-                               **library_options(args, "generate"))
-    except (TypeError, ValueError) as err:
-        return _report_once(library_error(err), rank)
-    if args.pack is not None:
-        check_output(args.pack, (".npz",), flag="--pack")
-    if args.out.exists() and not args.out.is_dir():
-        raise CliError(f"--out: '{args.out}' exists and is not a folder")
+        settings = _checked_settings(args)
+    except CliError as err:
+        return _report_once(err, rank)
     show_progress = want_progress(args.progress) and rank == 0
-    check_device(args.device)
     try:
         with distributed.launch(args.device) as proc:
             bundle = load_model(args.model, proc.device)
+            labels = model_labels(args, bundle)
             try:
-                run = prepare_run(bundle, args.out, settings, device=proc.device,
+                run = prepare_run(bundle, args.out, replace(settings, class_labels=labels),
+                                  device=proc.device,
                                   overwrite=args.overwrite, rank=proc.rank,
                                   world_size=proc.world_size)
             except (TypeError, ValueError, OSError) as err:  # alike on every rank
                 return _report_once(library_error(err), proc.rank)
-            result = make_shards(run, progress=show_progress)
+            with run:
+                result = make_shards(run, progress=show_progress)
             if proc.rank == 0 and args.pack is not None:
-                pack(args.out, args.pack)
+                _pack(args)
     except KeyboardInterrupt:
         print(f"ddim: interrupted{_where(rank, world_size)}; finished shards are kept: rerun "
               "the same command to resume", file=sys.stderr)
@@ -117,6 +120,32 @@ def run_generate(args: argparse.Namespace) -> int:
     if rank == 0:
         _report(result, args, world_size)
     return 0
+
+
+def _checked_settings(args: argparse.Namespace) -> RunSettings:
+    """The run's settings, after every check that needs no model (raises CliError)."""
+    settings = sampling_settings(args, "generate", RunSettings, num=args.num,
+                                 shard_size=args.shard_size, batch_size=args.batch_size,
+                                 png=args.png)
+    if args.pack is not None:
+        check_output(args.pack, (".npz",), flag="--pack")
+    check_folder(args.out)
+    check_device(args.device)
+    check_class_options(args)
+    try:  # before the model is loaded; prepare_run takes the lock itself
+        check_unlocked(args.out)
+    except FolderInUseError as err:
+        raise library_error(err) from None
+    return settings
+
+
+def _pack(args: argparse.Namespace) -> None:
+    """--pack: join the finished shards; a failure says that the shards are complete."""
+    try:
+        pack(args.out, args.pack)
+    except OSError as err:
+        raise library_error(err, " (rerun this command: it keeps the shards and only "
+                                 "packs)") from None
 
 
 def _report_once(error: CliError, rank: int) -> int:
@@ -133,8 +162,8 @@ def _report(result: GenerateResult, args: argparse.Namespace, world_size: int) -
     if result.generated_images and result.seconds > 0:
         procs = f" over {world_size} processes" if world_size > 1 else ""
         rate = f", {result.generated_images / result.seconds:.1f} images/s{procs}"
-    print(f"{result.num} images in {result.shards} shard{'s' * (result.shards > 1)} in "
-          f"{args.out} ({result.generated} shards generated{resumed}) in "
+    print(f"{plural(result.num, 'image')} in {plural(result.shards, 'shard')} in {args.out} "
+          f"({plural(result.generated, 'shard')} generated{resumed}) in "
           f"{result.seconds:.1f} s{rate}")
     if args.pack is not None:
         print(f"packed into {args.pack}")

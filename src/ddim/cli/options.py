@@ -9,6 +9,8 @@ arguments for the library call. To give several subcommands a new option, add on
 
 The ``type`` functions here refuse bad values while parsing, before any model is loaded, with
 messages such as ``argument --steps: must be an integer >= 1, got '0'``.
+
+``--threads`` is applied by :func:`ddim.cli.main` before the subcommand runs.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import BUNDLED_MODELS
 from ..grid import DEFAULT_SPACING, SPACINGS
+from ..guidance import NULL_LABEL
 from ..options import DEFAULT_STEPS
+from ..pretrained import BUNDLED_MODELS
+from ..solvers import SOLVERS
 
 COMMANDS = frozenset({"sample", "eval", "generate", "invert", "inpaint", "img2img"})
 
@@ -61,6 +65,18 @@ def number_in(low: float, high: float = math.inf) -> Callable[[str], float]:
 positive_int, natural_int = int_at_least(1), int_at_least(0)
 
 
+def class_label(text: str) -> int | str:
+    """An argparse ``type`` for one ``--class`` label: an integer >= 0, or the word ``null``
+    (the model's null class, kept as the word until the model is known)."""
+    if text == NULL_LABEL:
+        return NULL_LABEL
+    try:
+        return natural_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a class (an integer >= 0) or {NULL_LABEL!r}, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class Option:
     """One command-line option.
@@ -80,12 +96,14 @@ class Option:
 
     @property
     def dest(self) -> str:
-        """The attribute of the parsed arguments: ``--batch-size`` -> ``batch_size``."""
-        return self.flag.removeprefix("--").replace("-", "_")
+        """The attribute of the parsed arguments: ``parsing["dest"]`` if given, else from the
+        flag (``--batch-size`` -> ``batch_size``)."""
+        return self.parsing.get("dest") or self.flag.removeprefix("--").replace("-", "_")
 
 
 _MANY = frozenset({"sample", "eval", "generate"})  # many images, in batches
 _PNG = frozenset({"sample", "invert", "inpaint", "img2img"})
+_SOLVED = COMMANDS - {"invert"}  # inversion is DDIM's: it takes no solver and no η
 
 OPTIONS: tuple[Option, ...] = (
     Option("--model", f"bundled model {BUNDLED_MODELS}, diffusers folder or hub id",
@@ -93,12 +111,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("--steps", "number of DDIM steps, 1..T (the model's training steps)",
            dict(type=positive_int, default=DEFAULT_STEPS), keyword="steps"),
     Option("--eta", "η >= 0: 0 deterministic DDIM, 1 DDPM-like",
-           dict(type=number_in(0.0), default=0.0), COMMANDS - {"invert"}, keyword="eta"),
+           dict(type=number_in(0.0), default=0.0), _SOLVED, keyword="eta"),
+    Option("--solver", "the update after each model call: ddim (the paper's, any η); "
+           "dpmpp_2m, dpmpp_3m, unipc (multistep ODE solvers: fewer steps for the same "
+           "quality, η must be 0); dpmpp_2m_sde (stochastic multistep)",
+           dict(choices=SOLVERS, default="ddim"), _SOLVED, keyword="solver"),
     Option("--spacing", "where the steps go: trailing starts at T-1 for every step count; "
            "leading is the paper's uniform grid",
            dict(choices=SPACINGS, default=DEFAULT_SPACING), keyword="spacing"),
     Option("--seed", "seed of the run; image i uses seed (seed, i)",
            dict(type=natural_int, default=0)),
+    Option("--class", "class label(s) for a class-conditional model: one for all images, or "
+           "a list that image i takes entry i mod its length from (--class 0 1 2 3 4 5 6 7 "
+           f"8 9: balanced classes); {NULL_LABEL} is the model's null class (unconditional)",
+           dict(type=class_label, nargs="+", default=None, dest="class_labels",
+                metavar="LABEL"), shown="none; required by class-conditional models"),
+    Option("--guidance-scale", "classifier-free guidance weight w >= 0 with --class: 0 "
+           "unconditional, 1 conditional, more follows the class more closely",
+           dict(type=number_in(0.0), default=None, metavar="W"), keyword="guidance_scale",
+           shown="none: no guidance"),
     Option("--device", "torch device, e.g. cpu or cuda:0", dict(default=None), shown="cpu"),
     Option("--batch-size", "images per model call; does not change the images",
            dict(type=positive_int, default=64), _MANY),
@@ -107,6 +138,9 @@ OPTIONS: tuple[Option, ...] = (
            shown="only when stderr is a terminal"),
     Option("--scale", "integer upscaling of the PNG grid, nearest neighbour",
            dict(type=positive_int, default=4), _PNG),
+    Option("--threads", "CPU threads torch may use (torch.set_num_threads), set before any "
+           "work; on a busy machine 1 or 2 can be much faster than the default",
+           dict(type=positive_int, default=None, metavar="N"), shown="torch's own choice"),
 )
 
 
