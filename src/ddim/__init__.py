@@ -30,17 +30,19 @@ _EXPORTS = {
     "make_grid": "images", "save_image_grid": "images", "to_pil": "images",
     "to_uint8": "images",
     "predict_x0_eps": "prediction",
+    "strict_float32": "backends",
 }
 
 __all__ = [  # _EXPORTS and accelerate, spelt out for tools that read __all__
     "BUNDLED_MODELS", "NoiseSchedule", "NonFiniteError", "Pretrained", "PretrainedError",
     "SampleStep", "StepOutput", "accelerate", "ddim_sigma", "ddim_step", "img2img", "inpaint",
     "interpolation_strip", "invert", "load_pretrained", "make_grid", "predict_x0_eps",
-    "sample", "sample_iter", "save_image_grid", "slerp", "to_pil", "to_uint8",
+    "sample", "sample_iter", "save_image_grid", "slerp", "strict_float32", "to_pil", "to_uint8",
 ]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily
     from .accelerate import accelerate
+    from .backends import strict_float32
     from .editing import img2img, inpaint
     from .images import make_grid, save_image_grid, to_pil, to_uint8
     from .interpolate import interpolation_strip, slerp
