@@ -153,6 +153,8 @@ def make_methods(unet, batch: int, steps: int) -> dict[str, Callable[[], object]
         return lambda: ddim.sample(unet, steps, eta, batch_size=batch,
                                    generator=torch.Generator().manual_seed(0), **kw)
 
+    solvers = {f"ddim.sample solver={s}": ours(0.0, solver=s) for s in SOLVERS if s != "ddim"}
+
     seen: list[int] = []
 
     def callback(i, t, x, x0):
@@ -181,6 +183,7 @@ def make_methods(unet, batch: int, steps: int) -> dict[str, Callable[[], object]
         "floor: bare + update + NaN probe": floor,
         "ddim.sample η=0": ours(0.0),
         "ddim.sample η=1": ours(1.0),
+        **solvers,
         "ddim.sample η=0 + progress + callback": ours_progress,
         "diffusers DDIMPipeline η=0 (pt)": pipeline,
         "diffusers hand loop η=0": hand(0.0),

@@ -143,5 +143,5 @@ def _combine(x: torch.Tensor, x_weight: float, *terms: tuple[float, torch.Tensor
     """x_weight·x + Σ w_k·m_k in x's dtype (each m_k cast to it), one kernel per term."""
     out = x * x_weight
     for weight, m in terms:
-        out.add_(m.to(x.dtype), alpha=weight)
+        out.add_(m if m.dtype == x.dtype else m.to(x.dtype), alpha=weight)
     return out

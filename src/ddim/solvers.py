@@ -225,7 +225,7 @@ class MultistepStepper:
         if self.solver == "unipc" and i > 0:
             x = unipc_corrector_update(self._x_prev, self._pred_x0s, pred_x0,
                                        self.coefficients[i - 1])
-        pred_x0 = pred_x0.to(x.dtype)
+        pred_x0 = pred_x0 if pred_x0.dtype == x.dtype else pred_x0.to(x.dtype)
         self._pred_x0s = (pred_x0, *self._pred_x0s[:_MAX_ORDER[self.solver] - 1])
         if self.solver in STOCHASTIC_SOLVERS:
             z = self._noise() if c.noise_scale > 0 else None
