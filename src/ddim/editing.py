@@ -129,7 +129,8 @@ def _inpaint(plan: Plan, image: torch.Tensor, mask: torch.Tensor, resample: int
     mask = mask.to(x.dtype)
     fresh = NoiseSource(x.shape, plan.generator, x.device, x.dtype)
     stepper = plan.stepper()
-    probe = OutputProbe([t for t in table.grid for _ in range(resample + 1)], x.device)
+    probe = OutputProbe([t for t in table.grid for _ in range(resample + 1)], x.device,
+                        x.dtype)
     for i in progress_bar(range(len(table.grid)), plan.options.progress, "inpainting"):
         a_t, a_prev = table.alpha_bar_t[i], table.alpha_bar_prev[i]
         for r in range(resample + 1):

@@ -43,7 +43,7 @@ class StaticLoop:
         steps = len(plan.grid)
         self.draws = sum(1 for i in range(steps) if _noisy(plan.table.coefficients[i]))
         self.noise = x.new_empty((self.draws, *x.shape)) if self.draws else None
-        self.probe = OutputProbe(plan.grid, x.device)
+        self.probe = OutputProbe(plan.grid, x.device, x.dtype)
         self.out: torch.Tensor | None = None
 
     def fill(self, plan: Plan) -> None:
@@ -63,7 +63,7 @@ class StaticLoop:
             out = plan.call(x, i)
             self.probe.record(i, out)
             x = stepper(i, x, out, False).prev_sample
-        self.probe.maxima[-1] = torch.linalg.vector_norm(x, ord=float("inf"))
+        self.probe.record(len(plan.grid), x)
         self.out = x
 
     def result(self) -> torch.Tensor:

@@ -92,7 +92,7 @@ def _invert(plan: Plan, method: str, max_iters: int, tol: float, anderson: int
     """The upward loop of :func:`invert` (under inference mode)."""
     table, ptype = plan.table, plan.prediction_type
     order = list(range(len(table.grid) - 1, -1, -1))
-    probe = OutputProbe([table.grid[i] for i in order], plan.x.device)
+    probe = OutputProbe([table.grid[i] for i in order], plan.x.device, plan.x.dtype)
     x = plan.x
 
     def eps_at(y: torch.Tensor, i: int, j: int) -> torch.Tensor:

@@ -155,29 +155,33 @@ class NonFiniteError(ValueError):
 class OutputProbe:
     """Watches the model's outputs for NaN and inf without synchronising with the device.
 
-    ``record(j, out)`` stores max|out| of call j in a preallocated float64 tensor on the
-    device (NaN propagates through the max, inf is its own max, and a large finite output
-    stays finite, unlike a float32 sum); ``check(result)`` looks at all of them at once, the
-    one host sync of a sampling call, and raises :class:`NonFiniteError` naming the first bad
-    call, or, when every output was finite, if the result itself is not (an overflow).
+    ``record(j, out)`` writes max|out| of call j into a preallocated tensor on the device, in
+    the sampler's state dtype (NaN propagates through the max, inf is its own max, and a
+    large finite output stays finite, unlike a float32 sum); ``check(result)`` looks at all of
+    them at once, the one host sync of a sampling call, and raises :class:`NonFiniteError`
+    naming the first bad call, or, when every output was finite, if the result itself is not
+    (an overflow).
 
     Args:
         timesteps: the training timestep of each call, in call order (for the message).
         device: where the outputs live.
+        dtype: the sampler's state dtype (float32 or float64), in which maxima are kept.
     """
 
-    def __init__(self, timesteps: Sequence[int], device: torch.device) -> None:
+    def __init__(self, timesteps: Sequence[int], device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.timesteps = list(timesteps)
-        self.maxima = torch.empty(len(self.timesteps) + 1, dtype=torch.float64, device=device)
+        self.maxima = torch.empty(len(self.timesteps) + 1, dtype=dtype, device=device)
 
     def record(self, j: int, out: torch.Tensor) -> None:
-        """Note call j's output (no sync)."""
-        self.maxima[j] = torch.linalg.vector_norm(out, ord=math.inf)
+        """Note call j's output (no sync; one reduction written in place)."""
+        dtype = None if out.dtype == self.maxima.dtype else self.maxima.dtype
+        torch.linalg.vector_norm(out, ord=math.inf, dtype=dtype, out=self.maxima[j])
 
     def check(self, result: torch.Tensor | None = None) -> None:
         """Raise :class:`NonFiniteError` if a recorded output (or ``result``) is not finite."""
         if result is not None:
-            self.maxima[-1] = torch.linalg.vector_norm(result, ord=math.inf)
+            self.record(len(self.timesteps), result)
         bad = ~torch.isfinite(self.maxima)
         if not bad.any():
             return

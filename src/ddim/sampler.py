@@ -223,7 +223,7 @@ def loop(plan: Plan, details: bool, guard: bool = True) -> Iterator[SampleStep]:
     the caller has switched autograd off itself (:func:`run`).
     """
     x, grid, callback = plan.x, plan.grid, plan.options.callback
-    stepper, probe = plan.stepper(), OutputProbe(grid, x.device)
+    stepper, probe = plan.stepper(), OutputProbe(grid, x.device, x.dtype)
     no_grad = torch.no_grad if guard else contextlib.nullcontext
     for i in progress_bar(range(len(grid)), plan.options.progress, "sampling"):
         with no_grad():

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from .prediction import predict_x0_eps
+from .prediction import output_coefficients, predict_x0_eps
 from .solvers import MultistepStepper, StepCoefficients
 from .step import StepOutput, apply_step, fused_coefficients, step_coefficients
 from .thresholding import process_x0
@@ -116,15 +116,22 @@ class SolverStepper:
         self.alpha_bar_t, self.prediction_type = alpha_bar_t, prediction_type
         self.x0_options = x0_options
         self.processed = any(v is not None for v in x0_options.values())
+        # x̂0 = x0_x·x + x0_out·out per step (eq. 9 and its kin), as Python floats
+        self.x0_of = [output_coefficients(a, prediction_type)[:2] for a in alpha_bar_t]
 
     def __call__(self, i: int, x: torch.Tensor, out: torch.Tensor,
                  details: bool) -> StepOutput:
         out = out if out.dtype == x.dtype else out.to(x.dtype)
-        pred_x0, pred_eps = predict_x0_eps(x, out, self.alpha_bar_t[i], self.prediction_type)
+        x0_x, x0_out = self.x0_of[i]
+        pred_x0 = torch.mul(out, x0_out) if x0_x == 0 else torch.mul(out, x0_out).add_(
+            x, alpha=x0_x)
         if self.processed:
             pred_x0 = process_x0(pred_x0, **self.x0_options)
         x_next = self.solver(i, x, pred_x0)
-        return StepOutput(x_next, pred_x0 if details else None, pred_eps if details else None)
+        if not details:
+            return StepOutput(x_next, None, None)
+        return StepOutput(x_next, pred_x0,
+                          predict_x0_eps(x, out, self.alpha_bar_t[i], self.prediction_type)[1])
 
 
 def draws_noise(coefficients: tuple) -> bool:
