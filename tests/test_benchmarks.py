@@ -34,3 +34,19 @@ def test_solver_benchmark_grids():
         assert all(b < a for a, b in zip(grid, grid[1:], strict=False))
     # 3 seeds up to 10 calls, 1 above: 10 trailing + 5 time_quadratic (+ 5 logsnr up to 10)
     assert len(solvers.plan()) == 3 * 6 * 20 + 3 * 15
+
+
+def test_paper_legacy_cells_are_complete_and_render_the_published_table():
+    import paper
+
+    results = Path(paper.__file__).parent / "results"
+    done = paper.load(results)
+    missing = [paper.key(c) for c in paper.plan(1000, "legacy") if paper.key(c) not in done]
+    assert missing == []
+    assert paper.render(done, 1000, "legacy") == (results / "paper.md").read_text()
+    # the default rule tags the cells that draw noise, and only those
+    cells = paper.plan(1000)
+    assert {c.get("rule") for c in cells if c["kind"] in ("fd", "consistency")} == {"sample_seed"}
+    assert all("rule" not in c for c in cells if c["kind"] == "inversion")
+    legacy = paper.generators("legacy", 2, 5, 7)
+    assert [g.initial_seed() for g in legacy] == [2_000_011, 2_000_012]
