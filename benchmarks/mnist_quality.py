@@ -20,6 +20,8 @@ Cells (each saved to the JSON as soon as it is finished; a rerun skips finished 
 - guidance|w: 100 samples per requested class, S = 50 leading, η = 0, seed 0, w in {0, 1, 2,
   4}; the accuracy of the requested class. w = 0 is unconditional sampling with exactly the
   headline seed-0 noise, so it reuses those samples (the same numbers by construction).
+- uncond|S|spacing|seed|clip (extra, run last): as uncond, with x̂0 clipped to [-1, 1]
+  at every step (``clip_sample=1``, what diffusers' DDPMPipeline does for ``google/ddpm-*``).
 
     python benchmarks/mnist_quality.py [--num 1000] [--threads 1] [--only floor uncond ...]
 
@@ -50,6 +52,7 @@ NULL_CLASS = 10
 UNCOND = [(50, "leading", 0), (50, "leading", 1), (50, "leading", 2), (20, "leading", 0),
           (10, "leading", 0), (50, "trailing", 0), (20, "trailing", 0), (10, "trailing", 0)]
 GUIDANCE = (0.0, 1.0, 2.0, 4.0)
+CLIPPED = [(50, "leading", 0), (10, "trailing", 0)]  # extra: x̂0 clipped to [-1, 1]
 
 
 class Bench:
@@ -65,7 +68,8 @@ class Bench:
         self.held_f = extract_features(self.held_x, self.clf.features)
 
     def sample(self, steps: int, spacing: str, seed: int, labels: torch.Tensor | None = None,
-               guidance_scale: float | None = None) -> tuple[torch.Tensor, float]:
+               guidance_scale: float | None = None, clip_sample: float | None = None
+               ) -> tuple[torch.Tensor, float]:
         """``num`` samples (null class unless ``labels``), clipped, and the seconds taken."""
         chunks, start = [], time.perf_counter()
         for lo in range(0, self.num, self.batch_size):
@@ -75,7 +79,7 @@ class Bench:
                   dict(class_labels=labels[lo:hi], guidance_scale=guidance_scale))
             chunks.append(ddim.sample(self.model, steps, 0.0, batch_size=hi - lo,
                                       spacing=spacing, generator=sample_generators(seed, lo, hi),
-                                      **kw))
+                                      clip_sample=clip_sample, **kw))
             print(f"  {hi}/{self.num} samples, {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
         return torch.cat(chunks).clamp(-1, 1), time.perf_counter() - start
@@ -118,12 +122,12 @@ def timing(b: Bench) -> dict:
                 threads=torch.get_num_threads())
 
 
-def uncond(b: Bench, steps: int, spacing: str, seed: int) -> dict:
-    x, seconds = b.sample(steps, spacing, seed)
-    if (steps, spacing, seed) == (50, "leading", 0):
+def uncond(b: Bench, steps: int, spacing: str, seed: int, clip: float | None = None) -> dict:
+    x, seconds = b.sample(steps, spacing, seed, clip_sample=clip)
+    if (steps, spacing, seed, clip) == (50, "leading", 0, None):
         torch.save(x, b.headline_samples)
     return dict(steps=steps, spacing=spacing, seed=seed, eta=0.0, n=len(x), seconds=seconds,
-                **b.measure(x))
+                clip_sample=clip, **b.measure(x))
 
 
 def _headline(b: Bench) -> torch.Tensor:
@@ -164,6 +168,9 @@ def cells(b: Bench) -> dict:
     out["memorisation"] = lambda: memorisation(b)
     for w in GUIDANCE:
         out[f"guidance|{w:g}"] = lambda w=w: guidance(b, w)
+    for s, sp, seed in CLIPPED:
+        out[f"uncond|{s}|{sp}|{seed}|clip"] = lambda s=s, sp=sp, seed=seed: uncond(
+            b, s, sp, seed, clip=1.0)
     return out
 
 
@@ -237,7 +244,8 @@ def markdown(r: dict) -> str:
         lines += ["| sampler | seed | FD vs held-out | FD vs train | samples per class (0-9) "
                   "| confident (p > 0.9) | time (s) |", "|---|---|---|---|---|---|---|"]
         for _, v in rows:
-            lines.append(f"| DDIM S={v['steps']}, {v['spacing']} | {v['seed']} | "
+            clip = ", x̂0 clipped to [-1, 1]" if v.get("clip_sample") else ""
+            lines.append(f"| DDIM S={v['steps']}, {v['spacing']}{clip} | {v['seed']} | "
                          f"{v['fd_heldout']:.2f} | {v['fd_train']:.2f} | "
                          f"{' '.join(map(str, v['classes']))} | {100 * v['confident']:.1f}% | "
                          f"{v['seconds']:.0f} |")
