@@ -152,7 +152,10 @@ def _make_readable(folder: Path) -> None:
 
 
 def save_pipeline(ema: UNet2DModel, out: Path, info: dict) -> None:
-    """Write the EMA model as a DDPMPipeline folder plus ``training.json``, atomically."""
+    """Write the EMA model as a DDPMPipeline folder plus ``training.json``, atomically.
+
+    A model card (``README.md``) already in ``out`` is carried over into the new folder.
+    """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -161,6 +164,8 @@ def save_pipeline(ema: UNet2DModel, out: Path, info: dict) -> None:
             tmp, safe_serialization=True
         )
         (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        if (out / "README.md").is_file():  # the model card is written by hand: keep it
+            shutil.copy2(out / "README.md", tmp / "README.md")
         _make_readable(tmp)
         old = out.parent / f".{out.name}.old"
         shutil.rmtree(old, ignore_errors=True)

@@ -79,6 +79,19 @@ def test_classifier_accuracy_and_reference_fds():
     assert floor < 0.01 * ceiling
 
 
+def test_classifiers_moved_with_their_old_names_kept():
+    from ddim import classifiers, evaluation
+
+    assert evaluation.DigitsClassifier is classifiers.DigitsClassifier
+    assert evaluation.load_digits_classifier is classifiers.load_digits_classifier
+    by_name, legacy = classifiers.load_classifier("digits"), load_digits_classifier()
+    assert isinstance(by_name, classifiers.DigitsClassifier) and not by_name.training
+    for a, b in zip(by_name.state_dict().values(), legacy.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"unknown classifier 'mnist8'; shipped: \['digits'"):
+        classifiers.load_classifier("mnist8")
+
+
 def test_bundled_model_quality_cheap():
     """200 samples, S=10, η=0: the README's full figures come from benchmarks/."""
     model = ddim.load_pretrained("digits")

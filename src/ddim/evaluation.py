@@ -1,4 +1,4 @@
-"""Sample-quality measures: Fréchet distance between feature statistics, and a digits classifier.
+"""Sample-quality measures: Fréchet distance between feature statistics, class histograms.
 
 The Fréchet distance (FD) between two Gaussians N(μ1, C1) and N(μ2, C2) is
 
@@ -6,10 +6,11 @@ The Fréchet distance (FD) between two Gaussians N(μ1, C1) and N(μ2, C2) is
 
 and FID is this distance between Inception-v3 pool features of real and generated images.
 Any feature network can stand in for Inception: a :class:`FeatureExtractor` is any callable
-mapping a batch of images to an (N, D) feature tensor. For the bundled 8×8 digits model this
-module ships :class:`DigitsClassifier` (trained by ``scripts/train_digits_classifier.py`` on
-the training split of :func:`ddim.digits.digits_split`); its 64-d penultimate layer gives the
-features and its predictions give a class histogram (mode coverage).
+mapping a batch of images to an (N, D) feature tensor. For the bundled models the package
+ships small digit classifiers (:mod:`ddim.classifiers`: ``load_classifier("digits")`` for
+8×8, ``load_classifier("mnist")`` for 28×28); their 64-d penultimate layer gives the features
+and their predictions give a class histogram (mode coverage). The digits one is the default
+here (``DigitsClassifier`` and ``load_digits_classifier`` are re-exported from there).
 
 All statistics are computed in float64 on the CPU.
 """
@@ -17,15 +18,17 @@ All statistics are computed in float64 on the CPU.
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib import resources
 from typing import Protocol
 
 import torch
-from torch import nn
 
-CLASSIFIER_WEIGHTS = "digits-classifier.safetensors"
-FEATURE_DIM = 64
-NUM_CLASSES = 10
+from .classifiers import (  # noqa: F401  (re-exported: the digits classifier lived here)
+    FEATURE_DIM,
+    NUM_CLASSES,
+    DigitsClassifier,
+    load_classifier,
+    load_digits_classifier,
+)
 
 
 class FeatureExtractor(Protocol):
@@ -37,60 +40,6 @@ class FeatureExtractor(Protocol):
     """
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-class DigitsClassifier(nn.Module):
-    """A small CNN for 1×8×8 digit images with values in [-1, 1].
-
-    Three 3×3 convolutions (32, 64 and 128 channels, a 2×2 max-pool after the second), global
-    average pooling, then a 64-d feature layer (SiLU, so that all 64 features stay informative
-    for Fréchet distances) and the 10-way output layer.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(128, FEATURE_DIM),
-            nn.SiLU(),  # not ReLU: no feature is ever identically zero (dead)
-        )
-        self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: (B, 1, 8, 8) images in [-1, 1] -> (B, 64)."""
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits: (B, 1, 8, 8) images in [-1, 1] -> (B, 10)."""
-        return self.head(self.features(x))
-
-
-def load_digits_classifier(device: torch.device | str | None = None) -> DigitsClassifier:
-    """The shipped :class:`DigitsClassifier`, in eval mode, on ``device`` (default CPU).
-
-    Its weights are the package file ``ddim/weights/digits-classifier.safetensors``.
-    """
-    from safetensors.torch import load_file
-
-    ref = resources.files("ddim") / "weights" / CLASSIFIER_WEIGHTS
-    if not ref.is_file():
-        raise FileNotFoundError(
-            f"the digits classifier weights ({CLASSIFIER_WEIGHTS}) are not in this installation; "
-            "create them with scripts/train_digits_classifier.py"
-        )
-    with resources.as_file(ref) as path:
-        state = load_file(str(path))
-    model = DigitsClassifier()
-    model.load_state_dict(state)
-    return model.to(device if device is not None else "cpu").eval()
 
 
 # ---------------------------------------------------------------------- Fréchet distance
