@@ -147,10 +147,15 @@ def test_eval_sets_that_cannot_be_compared(reader, name, problem, files, capsys)
 
 
 @pytest.mark.usefixtures("no_loading")
-def test_three_channels_need_other_features_than_the_digits_classifier(files, capsys):
+def test_images_no_shipped_classifier_takes_need_other_features(files, capsys):
     check_error(capsys, ["eval", "--images", "rgb.npz", "--reference", "rgb.npz"], 2,
-                "--images: rgb.npz holds images that have 3 channels; the default features "
-                "(the digits classifier) take 1-channel images")
+                "--images: rgb.npz holds images that have shape (3, 4, 4) (C, H, W); the "
+                "default features (the shipped digits and MNIST classifiers) take (1, 8, 8) or "
+                "(1, 28, 28): pass --features module:function")
+    check_error(capsys, ["eval", "--images", "rgb.npz"], 2,
+                "no default features or reference for images of shape (3, 4, 4) (C, H, W); the "
+                "shipped ones take [(1, 8, 8), (1, 28, 28)]: pass your own: --reference "
+                "FILE.npz and --features module:function")
 
 
 @pytest.mark.parametrize("reader, name, problem", [

