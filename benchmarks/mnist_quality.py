@@ -14,18 +14,23 @@ Cells (each saved to the JSON as soon as it is finished; a rerun skips finished 
   (the floor of the "vs train" column); the noise ceiling; the classifier's accuracy.
 - timing: wall time of 64 unconditional samples at S = 50, η = 0 (one batch).
 - uncond|S|spacing|seed: unconditional samples (the null class 10 as label), η = 0, S in
-  {50, 20, 10}, spacing leading and trailing; seeds 0, 1, 2 for the headline S = 50 leading.
+  {50, 20, 10}, spacing trailing (the library's default) and leading (the paper's grid);
+  seeds 0, 1, 2 for the headline S = 50 trailing.
 - memorisation: for each sample of the headline cell (seed 0) the L2 distance (pixels in
   [-1, 1], 784-d) to its nearest training digit, against the same for the held-out digits.
-- guidance|w: 100 samples per requested class, S = 50 leading, η = 0, seed 0, w in {0, 1, 2,
-  4}; the accuracy of the requested class. w = 0 is unconditional sampling with exactly the
-  headline seed-0 noise, so it reuses those samples (the same numbers by construction).
+- guidance|w: num/10 samples per requested class, S = 20 trailing, η = 0, seed 0, w in {1, 2,
+  4}; the accuracy of the requested class. The w = 0 row is the unconditional cell
+  uncond|20|trailing|0 (the same noise), scored against the same requested labels.
 - uncond|S|spacing|seed|clip (extra, run last): as uncond, with x̂0 clipped to [-1, 1]
   at every step (``clip_sample=1``, what diffusers' DDPMPipeline does for ``google/ddpm-*``).
 
     python benchmarks/mnist_quality.py [--num 1000] [--threads 1] [--only floor uncond ...]
+    python benchmarks/mnist_quality.py --shard 0/2 &   # two processes share the cells
+    python benchmarks/mnist_quality.py --shard 1/2
 
-Writes benchmarks/results/mnist_quality.{json,md} atomically after every cell.
+Every finished cell is merged into benchmarks/results/mnist_quality.json at once (atomically,
+under a file lock: benchmarks/cells.py), and mnist_quality.md is redrawn from it. Cells of
+another model (its training steps differ) or another n are refused.
 """
 
 from __future__ import annotations
@@ -45,14 +50,19 @@ from ddim.io import atomic_write_text
 from ddim.mnist import mnist_split
 from ddim.noise import sample_generators
 
+sys.path.insert(0, str(Path(__file__).parent))
+from cells import load_cells, save_cells  # noqa: E402  (benchmarks/cells.py)
+
 RESULTS = Path(__file__).parent / "results"
 HEADLINE_SAMPLES = "mnist_headline_samples.pt"  # in the results folder, git-ignored (*.pt)
 TARGET_RATIO = 3.0  # issue 14: headline FD at most 3× the real-vs-real floor
 NULL_CLASS = 10
-UNCOND = [(50, "leading", 0), (50, "leading", 1), (50, "leading", 2), (20, "leading", 0),
-          (10, "leading", 0), (50, "trailing", 0), (20, "trailing", 0), (10, "trailing", 0)]
-GUIDANCE = (0.0, 1.0, 2.0, 4.0)
-CLIPPED = [(50, "leading", 0), (10, "trailing", 0)]  # extra: x̂0 clipped to [-1, 1]
+HEADLINE = (50, "trailing")
+UNCOND = [(50, "trailing", 0), (50, "trailing", 1), (50, "trailing", 2), (20, "trailing", 0),
+          (10, "trailing", 0), (50, "leading", 0), (20, "leading", 0), (10, "leading", 0)]
+GUIDED = (20, "trailing")  # S and spacing of the guidance cells (w = 0: the uncond cell)
+GUIDANCE = (1.0, 2.0, 4.0)
+CLIPPED = [(50, "trailing", 0), (10, "trailing", 0)]  # extra: x̂0 clipped to [-1, 1]
 
 
 class Bench:
@@ -86,13 +96,16 @@ class Bench:
 
     @torch.no_grad()
     def measure(self, x: torch.Tensor) -> dict:
-        """FD to held-out and training digits, class histogram, classifier confidence."""
+        """FD to held-out and training digits, class histogram, classifier confidence, and
+        how often the predicted class is the one :meth:`labels` would request."""
         f = extract_features(x, self.clf.features)
         probs = torch.cat([self.clf(x[i:i + 500]).softmax(1) for i in range(0, len(x), 500)])
+        preds = probs.argmax(1)
         return dict(fd_heldout=fd_from_features(f, self.held_f),
                     fd_train=fd_from_features(f, self.train_f),
-                    classes=torch.bincount(probs.argmax(1), minlength=10).tolist(),
-                    confident=(probs.max(1).values > 0.9).float().mean().item())
+                    classes=torch.bincount(preds, minlength=10).tolist(),
+                    confident=(probs.max(1).values > 0.9).float().mean().item(),
+                    accuracy=(preds == self.labels()).float().mean().item())
 
     def labels(self) -> torch.Tensor:
         """num/10 requested labels per class: 0, 0, ..., 1, 1, ..., 9."""
@@ -124,7 +137,7 @@ def timing(b: Bench) -> dict:
 
 def uncond(b: Bench, steps: int, spacing: str, seed: int, clip: float | None = None) -> dict:
     x, seconds = b.sample(steps, spacing, seed, clip_sample=clip)
-    if (steps, spacing, seed, clip) == (50, "leading", 0, None):
+    if (steps, spacing, seed, clip) == (*HEADLINE, 0, None):
         torch.save(x, b.headline_samples)
     return dict(steps=steps, spacing=spacing, seed=seed, eta=0.0, n=len(x), seconds=seconds,
                 clip_sample=clip, **b.measure(x))
@@ -132,7 +145,7 @@ def uncond(b: Bench, steps: int, spacing: str, seed: int, clip: float | None = N
 
 def _headline(b: Bench) -> torch.Tensor:
     if not b.headline_samples.exists():
-        uncond(b, 50, "leading", 0)
+        uncond(b, *HEADLINE, 0)
     return torch.load(b.headline_samples)
 
 
@@ -150,28 +163,32 @@ def memorisation(b: Bench) -> dict:
 
 
 def guidance(b: Bench, w: float) -> dict:
-    labels = b.labels()
-    if w == 0:  # w = 0 is the null-class model on the same noise: the headline samples
-        x, seconds = _headline(b), None
-    else:
-        x, seconds = b.sample(50, "leading", 0, labels=labels, guidance_scale=w)
-    with torch.no_grad():
-        preds = torch.cat([b.clf(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
-    return dict(w=w, steps=50, spacing="leading", seed=0, n=len(x), seconds=seconds,
-                accuracy=(preds == labels).float().mean().item(), **b.measure(x))
+    x, seconds = b.sample(*GUIDED, 0, labels=b.labels(), guidance_scale=w)
+    return dict(w=w, steps=GUIDED[0], spacing=GUIDED[1], seed=0, n=len(x), seconds=seconds,
+                **b.measure(x))
 
 
 def cells(b: Bench) -> dict:
     out = {"floor": lambda: floor(b), "timing": lambda: timing(b)}
     for s, sp, seed in UNCOND:
         out[f"uncond|{s}|{sp}|{seed}"] = lambda s=s, sp=sp, seed=seed: uncond(b, s, sp, seed)
-    out["memorisation"] = lambda: memorisation(b)
+    out["memorisation"] = lambda: memorisation(b)  # after the headline seed-0 cell
     for w in GUIDANCE:
         out[f"guidance|{w:g}"] = lambda w=w: guidance(b, w)
     for s, sp, seed in CLIPPED:
         out[f"uncond|{s}|{sp}|{seed}|clip"] = lambda s=s, sp=sp, seed=seed: uncond(
             b, s, sp, seed, clip=1.0)
     return out
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like I/N, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="+", default=None,
                    help="run only cells whose name starts with one of these")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="run only every N-th remaining cell, from the I-th (default 0/1)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = p.parse_args(argv)
     json_path, md_path = args.out / "mnist_quality.json", args.out / "mnist_quality.md"
@@ -188,28 +207,33 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--num must be a multiple of 10, at least 10, got {args.num}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = json.loads(json_path.read_text()) if json_path.exists() else {}
-    if report.get("num") not in (None, args.num):
-        raise SystemExit(f"{json_path} holds cells at n={report['num']}; move it away first")
-    b = Bench(args.num, args.batch_size, args.out)
     training = json.loads((ddim.pretrained.bundled_path("mnist") / "training.json").read_text())
-    report.update(num=args.num, model_training_steps=training["steps"], torch=torch.__version__,
-                  threads=args.threads)
-    report.setdefault("cells", {})
-    for name, run in cells(b).items():
-        if name in report["cells"] or (args.only and not name.startswith(tuple(args.only))):
-            continue
+    run = dict(num=args.num, model_training_steps=training["steps"], torch=torch.__version__,
+               threads=args.threads)
+    done = load_cells(json_path)
+    if "run" in done and {k: done["run"][k] for k in ("num", "model_training_steps")} != {
+            k: run[k] for k in ("num", "model_training_steps")}:
+        raise SystemExit(f"{json_path} holds cells of another run ({done['run']}); move it away")
+    done = save_cells(json_path, {"run": run})
+    b = Bench(args.num, args.batch_size, args.out)
+    index, count = args.shard
+    todo = [name for name in cells(b) if name not in done and name != "memorisation"
+            and (not args.only or name.startswith(tuple(args.only)))][index::count]
+    headline = f"uncond|{HEADLINE[0]}|{HEADLINE[1]}|0"
+    if "memorisation" not in done and (headline in todo or (headline in done and index == 0)):
+        todo.insert(todo.index(headline) + 1 if headline in todo else 0, "memorisation")
+    for name in todo:  # memorisation runs in the process that made the headline samples
         print(f"{name} ...", file=sys.stderr, flush=True)
-        report["cells"][name] = run()
-        print(f"{name}: {json.dumps(report['cells'][name])}", file=sys.stderr, flush=True)
-        atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-        atomic_write_text(md_path, markdown(report))
-    print(markdown(report))
+        done = save_cells(json_path, {name: cells(b)[name]()})
+        print(f"{name}: {json.dumps(done[name])}", file=sys.stderr, flush=True)
+        atomic_write_text(md_path, markdown(done))
+    atomic_write_text(md_path, markdown(load_cells(json_path)))
+    print(markdown(load_cells(json_path)))
     return 0
 
 
-def markdown(r: dict) -> str:
-    c = r["cells"]
+def markdown(done: dict) -> str:
+    r, c = done["run"], {k: v for k, v in done.items() if k != "run"}
     lines = [f"Bundled `mnist` model ({r['model_training_steps']} training steps), n = "
              f"{r['num']} samples per cell, {r['threads']} thread(s), torch {r['torch']}. "
              "Features: the shipped MNIST classifier's 64-d penultimate layer; FD against the "
@@ -228,14 +252,15 @@ def markdown(r: dict) -> str:
         t = c["timing"]
         lines += [f"Sampling {t['images']} images at S = {t['steps']}: {t['seconds']:.1f} s on "
                   f"{t['threads']} thread(s).", ""]
-    seeds = [c[f"uncond|50|leading|{s}"]["fd_heldout"] for s in range(3)
-             if f"uncond|50|leading|{s}" in c]
+    hs, hsp = HEADLINE
+    seeds = [c[f"uncond|{hs}|{hsp}|{s}"]["fd_heldout"] for s in range(3)
+             if f"uncond|{hs}|{hsp}|{s}" in c]
     if seeds and "floor" in c:
         real = c["floor"]["fd_real_1000_vs_1000"]
         mean, floor_mean = sum(seeds) / len(seeds), sum(real) / len(real)
         sd = (sum((v - mean) ** 2 for v in seeds) / max(len(seeds) - 1, 1)) ** 0.5
         ratio = mean / floor_mean
-        lines += [f"Headline (S = 50, leading, η = 0, {len(seeds)} seed(s)): FD vs held-out "
+        lines += [f"Headline (S = {hs}, {hsp}, η = 0, {len(seeds)} seed(s)): FD vs held-out "
                   f"{mean:.2f} ± {sd:.2f} (mean ± sd over seeds) = {ratio:.2f}× the real-vs-real"
                   f" floor {floor_mean:.2f}; target ≤ {TARGET_RATIO:g}×: "
                   f"{'met' if ratio <= TARGET_RATIO else 'missed'}.", ""]
@@ -260,10 +285,13 @@ def markdown(r: dict) -> str:
                   f"1st percentile of held-out digits: "
                   f"{100 * m['fraction_below_heldout_p1']:.1f}% (1% would match real data).",
                   ""]
-    rows = [v for k, v in c.items() if k.startswith("guidance|")]
+    zero = c.get(f"uncond|{GUIDED[0]}|{GUIDED[1]}|0")
+    rows = ([dict(zero, w=0.0)] if zero else []) + [
+        v for k, v in sorted(c.items()) if k.startswith("guidance|")]
     if rows:
         lines += [f"Classifier-free guidance ({r['num'] // 10} samples per requested class, "
-                  "S = 50 leading, seed 0; w = 0 is the unconditional headline cell):", "",
+                  f"S = {GUIDED[0]} {GUIDED[1]}, seed 0; the w = 0 row is the unconditional "
+                  "cell of the same noise, scored against the same requested labels):", "",
                   "| w | accuracy of the requested class | FD vs held-out | FD vs train | "
                   "time (s) |", "|---|---|---|---|---|"]
         for v in rows:
