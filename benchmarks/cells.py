@@ -6,6 +6,7 @@ interrupted benchmark resumes where it stopped and several processes may share o
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -42,3 +43,14 @@ def save_cells(path: Path, new: dict) -> dict:
         done.update(new)
         atomic_write_text(path, json.dumps(done, indent=1) + "\n")
     return done
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    """An argparse ``type`` for ``--shard I/N``: (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like I/N, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n

@@ -51,7 +51,7 @@ from ddim.mnist import mnist_split
 from ddim.noise import sample_generators
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cells import load_cells, save_cells  # noqa: E402  (benchmarks/cells.py)
+from cells import load_cells, save_cells, shard_arg  # noqa: E402  (benchmarks/cells.py)
 
 RESULTS = Path(__file__).parent / "results"
 HEADLINE_SAMPLES = "mnist_headline_samples.pt"  # in the results folder, git-ignored (*.pt)
@@ -181,16 +181,6 @@ def cells(b: Bench) -> dict:
     return out
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like I/N, got {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
-    return i, n
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num", type=int, default=1000)
@@ -198,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="+", default=None,
                    help="run only cells whose name starts with one of these")
-    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+    p.add_argument("--shard", type=shard_arg, default=(0, 1), metavar="I/N",
                    help="run only every N-th remaining cell, from the I-th (default 0/1)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = p.parse_args(argv)

@@ -54,7 +54,7 @@ from ddim.io import atomic_write, atomic_write_text
 from ddim.noise import sample_generators
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cells import key, load_cells, save_cells  # noqa: E402  (benchmarks/cells.py)
+from cells import key, load_cells, save_cells, shard_arg  # noqa: E402  (benchmarks/cells.py)
 
 RESULTS = Path(__file__).parent / "results"
 ETAS = ["0", "0.2", "0.5", "1", "hat"]
@@ -203,16 +203,6 @@ def save(out: Path, new: dict) -> dict:
     return save_cells(out / "paper_cells.json", new)
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like I/N, got {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
-    return i, n
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Reproduce the DDIM paper on the digits model")
     p.add_argument("--n", type=int, default=1000, help="samples per FD cell")
@@ -227,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="only (re)measure speed: images/s of each S side by side, interleaved")
     p.add_argument("--rule", choices=RULES, default="sample_seed",
                    help="seed rule of the FD and consistency cells (see the docstring)")
-    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+    p.add_argument("--shard", type=shard_arg, default=(0, 1), metavar="I/N",
                    help="run only every N-th remaining cell, starting at the I-th (default 0/1)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -26,41 +26,47 @@ FEATURE_DIM = 64
 NUM_CLASSES = 10
 
 
-class DigitsClassifier(nn.Module):
-    """A small CNN for 1×8×8 digit images with values in [-1, 1].
+class FeatureClassifier(nn.Module):
+    """A CNN ``body`` ending in a 64-d feature layer, and a 10-way linear ``head`` on it.
 
-    Three 3×3 convolutions (32, 64 and 128 channels, a 2×2 max-pool after the second), global
-    average pooling, then a 64-d feature layer (SiLU, so that all 64 features stay informative
-    for Fréchet distances) and the 10-way output layer.
+    The features (SiLU, so that all 64 stay informative for Fréchet distances) are what
+    :func:`ddim.evaluation.fd_images` compares; the logits give class histograms.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, body: nn.Sequential) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(128, FEATURE_DIM),
-            nn.SiLU(),  # not ReLU: no feature is ever identically zero (dead)
-        )
+        self.body = body
         self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: (B, 1, 8, 8) images in [-1, 1] -> (B, 64)."""
+        """Penultimate features: (B, 1, H, W) images in [-1, 1] -> (B, 64) float32."""
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits: (B, 1, 8, 8) images in [-1, 1] -> (B, 10)."""
+        """Class logits: (B, 1, H, W) images in [-1, 1] -> (B, 10) float32."""
         return self.head(self.features(x))
 
 
-class MnistClassifier(nn.Module):
+class DigitsClassifier(FeatureClassifier):
+    """A small CNN for 1×8×8 digit images with values in [-1, 1].
+
+    Three 3×3 convolutions (32, 64 and 128 channels, a 2×2 max-pool after the second), global
+    average pooling, then a 64-d feature layer (SiLU) and the 10-way output layer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(128, FEATURE_DIM), nn.SiLU(),  # SiLU: no feature is ever dead
+        ))
+
+
+class MnistClassifier(FeatureClassifier):
     """A small CNN for 1×28×28 MNIST digits with values in [-1, 1].
 
     Two stages of two 3×3 convolutions (32 then 64 channels, ReLU, a 2×2 max-pool after each
@@ -69,34 +75,18 @@ class MnistClassifier(nn.Module):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1),
-            nn.ReLU(),
+        super().__init__(nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1),
-            nn.ReLU(),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(128 * 3 * 3, FEATURE_DIM),
-            nn.SiLU(),  # not ReLU: no feature is ever identically zero (dead)
-        )
-        self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: (B, 1, 28, 28) images in [-1, 1] -> (B, 64)."""
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits: (B, 1, 28, 28) images in [-1, 1] -> (B, 10)."""
-        return self.head(self.features(x))
+            nn.Linear(128 * 3 * 3, FEATURE_DIM), nn.SiLU(),
+        ))
 
 
 # name: (class, weights file, script that makes the weights)
