@@ -155,16 +155,12 @@ def diffusers_sample(bundle, solver: str, steps: int, x_T: torch.Tensor,
 
 
 def classifier_and_reference(model: str):
-    """(feature extractor, reference images) for FD on ``model``'s data."""
-    if model == "mnist":
-        from ddim.classifiers import load_classifier
-        from ddim.mnist import mnist_split
+    """(feature extractor, reference images) for FD on ``model``'s data: the shipped
+    classifier and real images of its kit (``ddim.evaluation.reference_images``)."""
+    from ddim.classifiers import load_classifier
+    from ddim.evaluation import reference_images
 
-        return load_classifier("mnist").features, mnist_split()[2]
-    from ddim.digits import load_digits_images
-    from ddim.evaluation import load_digits_classifier
-
-    return load_digits_classifier().features, load_digits_images()[0]
+    return load_classifier(model).features, reference_images(model)
 
 
 def render(done: dict, model: str, n: int) -> str:
@@ -238,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="only rebuild the report")
     p.add_argument("--budgets", type=int, nargs="+", default=BUDGETS,
                    help="only these model-call budgets (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="only these seeds (default: 0 1 2, seeds 1-2 only up to 10 calls)")
+    p.add_argument("--impls", nargs="+", default=["ddim", "diffusers"],
+                   choices=["ddim", "diffusers"], help="only these implementations")
+    p.add_argument("--grids", nargs="+", default=["trailing", "time_quadratic", "logsnr"],
+                   choices=["trailing", "time_quadratic", "logsnr"], help="only these grids")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop starting new cells after this long (resume later)")
     args = p.parse_args(argv)
@@ -246,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     done = load_cells(path)
     if not args.report:
         lab, start = Lab(args.model, args.n, args.batch_size), time.perf_counter()
-        cells = [dict(c, n=args.n) for c in plan() if c["steps"] in args.budgets]
+        cells = [dict(c, n=args.n) for c in plan() if c["steps"] in args.budgets
+                 and c["seed"] in args.seeds and c["impl"] in args.impls
+                 and c["grid"] in args.grids]
         for cell in [c for c in cells if key(c) not in done]:
             if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
                 print("time limit reached; rerun to resume", file=sys.stderr)
