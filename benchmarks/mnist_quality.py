@@ -15,14 +15,15 @@ Cells (each saved to the JSON as soon as it is finished; a rerun skips finished 
 - timing: wall time of 64 unconditional samples at S = 50, η = 0 (one batch).
 - uncond|S|spacing|seed: unconditional samples (the null class 10 as label), η = 0, S in
   {50, 20, 10}, spacing trailing (the library's default) and leading (the paper's grid);
-  seeds 0, 1, 2 for the headline S = 50 trailing.
+  seeds 0, 1, 2 for the headline S = 50 trailing; ``|eta1``: the same with η = 1.
+- cond|S|spacing|seed: conditional samples, num/10 per class (labels 0, 0, ..., 9), no
+  guidance (one forward per step, like uncond), η = 0; seeds 0, 1, 2 at S = 50 trailing.
 - memorisation: for each sample of the headline cell (seed 0) the L2 distance (pixels in
   [-1, 1], 784-d) to its nearest training digit, against the same for the held-out digits.
-- guidance|w: num/10 samples per requested class, S = 20 trailing, η = 0, seed 0, w in {1, 2,
-  4}; the accuracy of the requested class. The w = 0 row is the unconditional cell
-  uncond|20|trailing|0 (the same noise), scored against the same requested labels.
-- uncond|S|spacing|seed|clip (extra, run last): as uncond, with x̂0 clipped to [-1, 1]
-  at every step (``clip_sample=1``, what diffusers' DDPMPipeline does for ``google/ddpm-*``).
+- guidance|w: num/10 samples per requested class, S = 20 trailing, η = 0, seed 0, w in {2, 4};
+  the accuracy of the requested class. The w = 0 row is the unconditional cell
+  uncond|20|trailing|0 and the w = 1 row the conditional cell cond|20|trailing|0 (the same
+  noise; w = 1 is the conditional model), scored against the same requested labels.
 
     python benchmarks/mnist_quality.py [--num 1000] [--threads 1] [--only floor uncond ...]
     python benchmarks/mnist_quality.py --shard 0/2 &   # two processes share the cells
@@ -58,11 +59,14 @@ HEADLINE_SAMPLES = "mnist_headline_samples.pt"  # in the results folder, git-ign
 TARGET_RATIO = 3.0  # issue 14: headline FD at most 3× the real-vs-real floor
 NULL_CLASS = 10
 HEADLINE = (50, "trailing")
-UNCOND = [(50, "trailing", 0), (50, "trailing", 1), (50, "trailing", 2), (20, "trailing", 0),
-          (10, "trailing", 0), (50, "leading", 0), (20, "leading", 0), (10, "leading", 0)]
-GUIDED = (20, "trailing")  # S and spacing of the guidance cells (w = 0: the uncond cell)
-GUIDANCE = (1.0, 2.0, 4.0)
-CLIPPED = [(50, "trailing", 0), (10, "trailing", 0)]  # extra: x̂0 clipped to [-1, 1]
+# (kind, S, spacing, seed), most important first (two shards alternate through the list)
+SAMPLED = [(kind, s, "trailing", seed) for s, seeds in ((50, (0, 1, 2)), (20, (0,)), (10, (0,)))
+           for seed in seeds for kind in ("uncond", "cond")]
+LATER = [("uncond", 50, "trailing", 0, 1.0), ("uncond", 20, "trailing", 0, 1.0),
+         ("uncond", 50, "leading", 0, 0.0), ("uncond", 20, "leading", 0, 0.0),
+         ("uncond", 10, "leading", 0, 0.0)]  # (kind, S, spacing, seed, η): after guidance
+GUIDED = (20, "trailing")  # S and spacing of the guidance cells (w = 0, 1: the sampled cells)
+GUIDANCE = (2.0, 4.0)
 
 
 class Bench:
@@ -78,8 +82,8 @@ class Bench:
         self.held_f = extract_features(self.held_x, self.clf.features)
 
     def sample(self, steps: int, spacing: str, seed: int, labels: torch.Tensor | None = None,
-               guidance_scale: float | None = None, clip_sample: float | None = None
-               ) -> tuple[torch.Tensor, float]:
+               guidance_scale: float | None = None, clip_sample: float | None = None,
+               eta: float = 0.0) -> tuple[torch.Tensor, float]:
         """``num`` samples (null class unless ``labels``), clipped, and the seconds taken."""
         chunks, start = [], time.perf_counter()
         for lo in range(0, self.num, self.batch_size):
@@ -87,7 +91,7 @@ class Bench:
             kw = (dict(model_kwargs={"class_labels": torch.full((hi - lo,), NULL_CLASS)})
                   if labels is None else
                   dict(class_labels=labels[lo:hi], guidance_scale=guidance_scale))
-            chunks.append(ddim.sample(self.model, steps, 0.0, batch_size=hi - lo,
+            chunks.append(ddim.sample(self.model, steps, eta, batch_size=hi - lo,
                                       spacing=spacing, generator=sample_generators(seed, lo, hi),
                                       clip_sample=clip_sample, **kw))
             print(f"  {hi}/{self.num} samples, {time.perf_counter() - start:.0f} s",
@@ -135,12 +139,14 @@ def timing(b: Bench) -> dict:
                 threads=torch.get_num_threads())
 
 
-def uncond(b: Bench, steps: int, spacing: str, seed: int, clip: float | None = None) -> dict:
-    x, seconds = b.sample(steps, spacing, seed, clip_sample=clip)
-    if (steps, spacing, seed, clip) == (*HEADLINE, 0, None):
+def uncond(b: Bench, steps: int, spacing: str, seed: int, clip: float | None = None,
+           eta: float = 0.0, conditional: bool = False) -> dict:
+    labels = b.labels() if conditional else None
+    x, seconds = b.sample(steps, spacing, seed, labels=labels, clip_sample=clip, eta=eta)
+    if (steps, spacing, seed, clip, eta, conditional) == (*HEADLINE, 0, None, 0.0, False):
         torch.save(x, b.headline_samples)
-    return dict(steps=steps, spacing=spacing, seed=seed, eta=0.0, n=len(x), seconds=seconds,
-                clip_sample=clip, **b.measure(x))
+    return dict(steps=steps, spacing=spacing, seed=seed, eta=eta, n=len(x), seconds=seconds,
+                clip_sample=clip, conditional=conditional, **b.measure(x))
 
 
 def _headline(b: Bench) -> torch.Tensor:
@@ -170,14 +176,15 @@ def guidance(b: Bench, w: float) -> dict:
 
 def cells(b: Bench) -> dict:
     out = {"floor": lambda: floor(b), "timing": lambda: timing(b)}
-    for s, sp, seed in UNCOND:
-        out[f"uncond|{s}|{sp}|{seed}"] = lambda s=s, sp=sp, seed=seed: uncond(b, s, sp, seed)
+    for kind, s, sp, seed in SAMPLED:
+        out[f"{kind}|{s}|{sp}|{seed}"] = lambda s=s, sp=sp, seed=seed, kind=kind: uncond(
+            b, s, sp, seed, conditional=kind == "cond")
     out["memorisation"] = lambda: memorisation(b)  # after the headline seed-0 cell
     for w in GUIDANCE:
         out[f"guidance|{w:g}"] = lambda w=w: guidance(b, w)
-    for s, sp, seed in CLIPPED:
-        out[f"uncond|{s}|{sp}|{seed}|clip"] = lambda s=s, sp=sp, seed=seed: uncond(
-            b, s, sp, seed, clip=1.0)
+    for kind, s, sp, seed, eta in LATER:
+        name = f"{kind}|{s}|{sp}|{seed}" + ("|eta1" if eta == 1.0 else "")
+        out[name] = lambda s=s, sp=sp, seed=seed, eta=eta: uncond(b, s, sp, seed, eta=eta)
     return out
 
 
@@ -228,7 +235,7 @@ def markdown(done: dict) -> str:
              f"{r['num']} samples per cell, {r['threads']} thread(s), torch {r['torch']}. "
              "Features: the shipped MNIST classifier's 64-d penultimate layer; FD against the "
              "1000 held-out and the 4000 training digits of `mnist_split`. Unconditional = the "
-             "null class 10 as label. η = 0 throughout.", ""]
+             "null class 10 as label. η = 0 unless stated.", ""]
     if "floor" in c:
         f = c["floor"]
         real = f["fd_real_1000_vs_1000"]
@@ -243,25 +250,31 @@ def markdown(done: dict) -> str:
         lines += [f"Sampling {t['images']} images at S = {t['steps']}: {t['seconds']:.1f} s on "
                   f"{t['threads']} thread(s).", ""]
     hs, hsp = HEADLINE
-    seeds = [c[f"uncond|{hs}|{hsp}|{s}"]["fd_heldout"] for s in range(3)
-             if f"uncond|{hs}|{hsp}|{s}" in c]
-    if seeds and "floor" in c:
+    for kind, what in (("uncond", "unconditional"), ("cond", "conditional, 100 per class")):
+        seeds = [c[f"{kind}|{hs}|{hsp}|{s}"]["fd_heldout"] for s in range(3)
+                 if f"{kind}|{hs}|{hsp}|{s}" in c]
+        if not seeds or "floor" not in c:
+            continue
         real = c["floor"]["fd_real_1000_vs_1000"]
         mean, floor_mean = sum(seeds) / len(seeds), sum(real) / len(real)
         sd = (sum((v - mean) ** 2 for v in seeds) / max(len(seeds) - 1, 1)) ** 0.5
         ratio = mean / floor_mean
-        lines += [f"Headline (S = {hs}, {hsp}, η = 0, {len(seeds)} seed(s)): FD vs held-out "
-                  f"{mean:.2f} ± {sd:.2f} (mean ± sd over seeds) = {ratio:.2f}× the real-vs-real"
-                  f" floor {floor_mean:.2f}; target ≤ {TARGET_RATIO:g}×: "
+        lines += [f"Headline, {what} (S = {hs}, {hsp}, η = 0, {len(seeds)} seed(s)): FD vs "
+                  f"held-out {mean:.2f} ± {sd:.2f} (mean ± sd over seeds) = {ratio:.2f}× the "
+                  f"real-vs-real floor {floor_mean:.2f}; target ≤ {TARGET_RATIO:g}×: "
                   f"{'met' if ratio <= TARGET_RATIO else 'missed'}.", ""]
-    rows = [(k, v) for k, v in c.items() if k.startswith("uncond|")]
+    rows = [(k, v) for k, v in c.items() if k.startswith(("uncond|", "cond|"))]
     if rows:
-        lines += ["| sampler | seed | FD vs held-out | FD vs train | samples per class (0-9) "
-                  "| confident (p > 0.9) | time (s) |", "|---|---|---|---|---|---|---|"]
-        for _, v in rows:
-            clip = ", x̂0 clipped to [-1, 1]" if v.get("clip_sample") else ""
-            lines.append(f"| DDIM S={v['steps']}, {v['spacing']}{clip} | {v['seed']} | "
-                         f"{v['fd_heldout']:.2f} | {v['fd_train']:.2f} | "
+        lines += ["| sampler | labels | seed | FD vs held-out | FD vs train | samples per class "
+                  "(0-9) | confident (p > 0.9) | time (s) |", "|---|---|---|---|---|---|---|---|"]
+        for _, v in sorted(rows, key=lambda kv: (-kv[1]["steps"], kv[1]["spacing"] != "trailing",
+                                                 kv[1].get("eta", 0.0), kv[1]["seed"],
+                                                 kv[1].get("conditional", False))):
+            extra = ", x̂0 clipped to [-1, 1]" if v.get("clip_sample") else ""
+            extra += f", η = {v['eta']:g}" if v.get("eta") else ""
+            labels = "0-9, 100 each" if v.get("conditional") else "null (10)"
+            lines.append(f"| DDIM S={v['steps']}, {v['spacing']}{extra} | {labels} | "
+                         f"{v['seed']} | {v['fd_heldout']:.2f} | {v['fd_train']:.2f} | "
                          f"{' '.join(map(str, v['classes']))} | {100 * v['confident']:.1f}% | "
                          f"{v['seconds']:.0f} |")
         lines.append("")
@@ -275,13 +288,15 @@ def markdown(done: dict) -> str:
                   f"1st percentile of held-out digits: "
                   f"{100 * m['fraction_below_heldout_p1']:.1f}% (1% would match real data).",
                   ""]
-    zero = c.get(f"uncond|{GUIDED[0]}|{GUIDED[1]}|0")
-    rows = ([dict(zero, w=0.0)] if zero else []) + [
+    sampled = [(c.get(f"{kind}|{GUIDED[0]}|{GUIDED[1]}|0"), w) for kind, w in
+               (("uncond", 0.0), ("cond", 1.0))]
+    rows = [dict(v, w=w) for v, w in sampled if v] + [
         v for k, v in sorted(c.items()) if k.startswith("guidance|")]
     if rows:
         lines += [f"Classifier-free guidance ({r['num'] // 10} samples per requested class, "
                   f"S = {GUIDED[0]} {GUIDED[1]}, seed 0; the w = 0 row is the unconditional "
-                  "cell of the same noise, scored against the same requested labels):", "",
+                  "cell and the w = 1 row the conditional cell of the same noise, scored "
+                  "against the same requested labels):", "",
                   "| w | accuracy of the requested class | FD vs held-out | FD vs train | "
                   "time (s) |", "|---|---|---|---|---|"]
         for v in rows:
