@@ -39,7 +39,7 @@ from .step import PREDICTION_TYPES
 __all__ = ["BUNDLED_MODELS", "WEIGHT_NAMES", "Pretrained", "PretrainedError", "bundled_path",
            "declared_classes", "load_folder", "load_pretrained"]
 
-BUNDLED_MODELS = ("digits", "digits-cond")
+BUNDLED_MODELS = ("digits", "digits-cond", "mnist")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

