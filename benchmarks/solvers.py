@@ -22,8 +22,10 @@ drawn from the same x_T (seed rule of ``ddim generate``: sample i of seed s uses
 
 FD is measured in the features of the model's classifier (digits: the bundled digits
 classifier against all 1797 real digits; mnist: the MNIST classifier against the held-out
-digits). Budgets up to 10 calls run 3 seeds (0, 1, 2); the others seed 0. Each finished cell
-is saved at once to results/solvers_<model>_cells.json, so an interrupted run resumes.
+digits). A class-conditional model (mnist) samples n/10 of each class (sample i has label
+i·10 // n), no guidance. Budgets up to 10 calls run 3 seeds (0, 1, 2); the others seed 0.
+Each finished cell is saved at once to results/solvers_<model>_cells.json, so an interrupted
+run resumes.
 
 Outputs: results/solvers_<model>.md (table) and solvers_<model>.png (FD against model calls).
 """
@@ -94,9 +96,14 @@ class Lab:
         self.model = ddim.load_pretrained(model)
         self.features, reference = classifier_and_reference(model)
         self.ref = extract_features(reference, self.features)
-        classes = getattr(self.model.model.config, "num_class_embeds", None)
-        # a class-conditional bundle samples unconditionally through its null class
-        self.cond = {} if not classes else dict(class_labels=classes - 1)
+        # a class-conditional bundle (its last class is the null class) samples n/K of each of
+        # its K real classes, sample i getting label i·K // n
+        self.classes = getattr(self.model.model.config, "num_class_embeds", None)
+
+    def labels(self, lo: int, hi: int) -> dict:
+        if not self.classes:
+            return {}
+        return dict(class_labels=torch.arange(lo, hi) * (self.classes - 1) // self.n)
 
     def run(self, cell: dict) -> dict:
         start = time.perf_counter()
@@ -114,15 +121,15 @@ class Lab:
         if cell["impl"] == "diffusers":
             return diffusers_sample(self.model, cell["solver"], cell["steps"], x_T,
                                     torch.Generator().manual_seed(cell["seed"] * 1_000_003 + lo),
-                                    **self.cond)
+                                    **self.labels(lo, hi))
         grid = (dict(timesteps=logsnr_grid(self.model.schedule, cell["steps"]))
                 if cell["grid"] == "logsnr" else dict(steps=cell["steps"], spacing=cell["grid"]))
         return ddim.sample(self.model, solver=cell["solver"], x_T=x_T, generator=gens, **grid,
-                           **self.cond)
+                           **self.labels(lo, hi))
 
 
 def diffusers_sample(bundle, solver: str, steps: int, x_T: torch.Tensor,
-                     generator: torch.Generator, class_labels: int | None = None
+                     generator: torch.Generator, class_labels: torch.Tensor | None = None
                      ) -> torch.Tensor:
     """diffusers' scheduler for ``solver`` on the trailing grid, in a hand loop."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
@@ -141,8 +148,7 @@ def diffusers_sample(bundle, solver: str, steps: int, x_T: torch.Tensor,
             solver_order=3 if solver == "dpmpp_3m" else 2, lower_order_final=True,
             final_sigmas_type="zero", **common)
     sched.set_timesteps(steps)
-    labels = (None if class_labels is None else
-              torch.full((x_T.shape[0],), class_labels, dtype=torch.int64))
+    labels = class_labels
     x = x_T.clone()
     with torch.inference_mode():
         for t in sched.timesteps:
@@ -236,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only these model-call budgets (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="only these seeds (default: 0 1 2, seeds 1-2 only up to 10 calls)")
+    p.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS),
+                   help="only these solvers")
     p.add_argument("--impls", nargs="+", default=["ddim", "diffusers"],
                    choices=["ddim", "diffusers"], help="only these implementations")
     p.add_argument("--grids", nargs="+", default=["trailing", "time_quadratic", "logsnr"],
@@ -250,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         lab, start = Lab(args.model, args.n, args.batch_size), time.perf_counter()
         cells = [dict(c, n=args.n) for c in plan() if c["steps"] in args.budgets
                  and c["seed"] in args.seeds and c["impl"] in args.impls
+                 and c["solver"] in args.solvers
                  and c["grid"] in args.grids]
         for cell in [c for c in cells if key(c) not in done]:
             if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
