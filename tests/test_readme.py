@@ -22,4 +22,4 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/test.sh" in readme
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"ddim sample --model digits .*--out samples\.png", readme)
+    assert re.search(r"ddim sample --model mnist .*--out samples\.png", readme)
