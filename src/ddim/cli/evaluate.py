@@ -87,8 +87,10 @@ def run_eval(args: argparse.Namespace) -> int:
         show_progress = want_progress(args.progress)
         settings = sampling_settings(args, "eval")
         check_class_options(args)
-        if reference is None and args.model in KNOWN_KITS:  # before the model loads
-            _require(KNOWN_KITS[args.model])
+        if reference is None:  # before the model loads: a bundled model's kit, else both
+            for kit in ([KNOWN_KITS[args.model]] if args.model in KNOWN_KITS
+                        else ["digits", "mnist"]):  # (the eval extra installs both)
+                _require(kit)
         bundle = load_model(args.model, device)
         if reference is None:
             reference = _default_reference(tuple(bundle.sample_shape))
