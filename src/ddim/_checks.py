@@ -3,10 +3,23 @@ and what is allowed, and raises ``TypeError``/``ValueError`` (never ``assert``).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
+
+
+def require_package(module: str, package: str, purpose: str) -> None:
+    """Check that ``module`` can be imported, without importing it (cheap).
+
+    Raises:
+        ImportError: one line, "{purpose} needs {package}, which is not installed: pip install
+            'ddim[eval]'" (the extra that holds the reference data's packages).
+    """
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{purpose} needs {package}, which is not installed: "
+                          "pip install 'ddim[eval]'")
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:

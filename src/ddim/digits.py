@@ -11,9 +11,9 @@ before any work.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
+
+from ._checks import require_package
 
 NUM_DIGITS = 1797
 NUM_HELDOUT = 300
@@ -30,9 +30,7 @@ def require_sklearn() -> None:
     Raises:
         ImportError: one line saying what to install.
     """
-    if importlib.util.find_spec("sklearn") is None:
-        raise ImportError(f"the digits data needs scikit-learn, which is not installed: "
-                          f"{INSTALL}")
+    require_package("sklearn", "scikit-learn", "the digits data")
 
 
 def _sklearn_load_digits():

