@@ -1,8 +1,12 @@
 """Train the bundled 28×28 MNIST DDPM from scratch (ε-prediction, T=1000, linear β).
 
-The model is a class-conditional diffusers ``UNet2DModel`` (labels 0-9 and the null class 10,
-label dropout for classifier-free guidance) trained on the 4000 training digits of
-:func:`ddim.mnist.mnist_split`, with an EMA of its weights. Every ``--save-every`` steps and at
+The model is a diffusers ``UNet2DModel`` trained on the 4000 training digits of
+:func:`ddim.mnist.mnist_split`, with an EMA of its weights: unconditional (``--uncond``, the
+bundled ``mnist``) or class-conditional (labels 0-9 and the null class 10, label dropout for
+classifier-free guidance: the bundled ``mnist-cond``). ``--init-from FOLDER`` starts the model
+and its EMA from a saved DDPMPipeline folder; a class-conditional folder can start an
+unconditional run, its null class folded into the time embedding (the same network, see
+:func:`fold_null_class`). Every ``--save-every`` steps and at
 the end the EMA weights are written (atomically) as a diffusers ``DDPMPipeline`` folder plus a
 ``training.json`` describing the run, and the resume state (model, EMA, optimizer, RNG, data
 order, step) is saved; a run that is killed resumes from ``--state`` when started again with
@@ -71,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--uncond", action="store_true",
+                   help="an unconditional model (no class embedding, no labels)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="DDPMPipeline folder whose UNet starts the model and its EMA")
     p.add_argument("--label-dropout", type=float, default=0.2,
                    help="probability of replacing a label by the null class 10")
     p.add_argument("--save-every", type=int, default=250)
@@ -82,11 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_unet(arch: str = "small") -> UNet2DModel:
-    """A class-conditional UNet for 1×28×28 digits (labels 0..9 and the null class 10)."""
+def make_unet(arch: str = "small", cond: bool = True) -> UNet2DModel:
+    """A UNet for 1×28×28 digits; ``cond``: class embedding for labels 0..9 and null 10."""
     channels, layers = ARCHITECTURES[arch]
     return UNet2DModel(
-        num_class_embeds=NULL_CLASS + 1,
+        num_class_embeds=NULL_CLASS + 1 if cond else None,
         sample_size=28,
         in_channels=1,
         out_channels=1,
@@ -99,10 +107,38 @@ def make_unet(arch: str = "small") -> UNet2DModel:
 
 
 @torch.no_grad()
+def fold_null_class(cond_state: dict) -> dict:
+    """An unconditional UNet's state dict equal to a conditional one at the null class.
+
+    diffusers' ``UNet2DModel`` adds the class embedding to the output of
+    ``time_embedding.linear_2``; adding the null class's row to that layer's bias gives the
+    same network without the class embedding, exactly.
+    """
+    state = {k: v.clone() for k, v in cond_state.items() if not k.startswith("class_embedding")}
+    state["time_embedding.linear_2.bias"] += cond_state["class_embedding.weight"][NULL_CLASS]
+    return state
+
+
+def initial_state(folder: Path, cond: bool) -> dict:
+    """The UNet weights of a DDPMPipeline folder, folded to unconditional where asked."""
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    state = unet.state_dict()
+    has_classes = unet.config.num_class_embeds is not None
+    if has_classes and not cond:
+        return fold_null_class(state)
+    if cond and not has_classes:
+        raise SystemExit(f"--init-from {folder}: an unconditional UNet cannot start a "
+                         "class-conditional run")
+    return state
+
+
+@torch.no_grad()
 def heldout_loss(ema: UNet2DModel, x0: torch.Tensor, y: torch.Tensor,
                  alphas_cumprod: torch.Tensor) -> float:
     """ε-MSE of the EMA model on fixed held-out digits, fixed t and ε (null label for 1/5)."""
     gen = torch.Generator().manual_seed(12345)
+    if ema.config.num_class_embeds is None:
+        return diffusion_loss(ema, x0, alphas_cumprod, gen).item()
     labels = torch.where(torch.arange(y.numel()) % 5 == 0, NULL_CLASS, y)
     return diffusion_loss(ema, x0, alphas_cumprod, gen, labels).item()
 
@@ -128,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     alphas_cumprod = NoiseSchedule.linear(
         NUM_TRAIN_TIMESTEPS, BETA_START, BETA_END
     ).alphas_cumprod.float()
-    model = make_unet(args.arch)
+    model = make_unet(args.arch, cond=not args.uncond)
+    if args.init_from is not None:
+        model.load_state_dict(initial_state(args.init_from, cond=not args.uncond))
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     batches = BatchSampler(train_x, args.batch_size, gen)
@@ -160,8 +198,10 @@ def main(argv: list[str] | None = None) -> None:
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = batches.next_indices()
-            drop = torch.rand(idx.numel(), generator=gen) < args.label_dropout
-            labels = torch.where(drop, NULL_CLASS, train_y[idx])
+            labels = None
+            if not args.uncond:
+                drop = torch.rand(idx.numel(), generator=gen) < args.label_dropout
+                labels = torch.where(drop, NULL_CLASS, train_y[idx])
             loss = diffusion_loss(model, train_x[idx], alphas_cumprod, gen, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
                         "heldout_ema_loss": held_value, "arch": args.arch,
                         "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
                         "ema_decay": args.ema_decay, "parameters": n_params,
-                        "class_conditional": True, "label_dropout": args.label_dropout,
+                        "class_conditional": not args.uncond,
+                        "label_dropout": None if args.uncond else args.label_dropout,
+                        "init_from": None if args.init_from is None else str(args.init_from),
                         "threads": torch.get_num_threads(), "finished": step == args.steps}
                 save_pipeline(ema, args.out, info)
                 if args.state is not None:
