@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.digits import digits_split
-from ddim.evaluation import evaluate, load_digits_classifier
-from ddim.io import atomic_write_text
-from ddim.noise import sample_generators
+from ddim.atomic import atomic_write_text
+from ddim.evaluation.digits import digits_split
+from ddim.evaluation.frechet import evaluate, load_digits_classifier
+from ddim.sampling.noise import sample_generators
 
 RESULTS = Path(__file__).parent / "results"
 

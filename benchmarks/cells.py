@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ddim.io import atomic_write_text
+from ddim.atomic import atomic_write_text
 
 
 def key(cell: dict) -> str:

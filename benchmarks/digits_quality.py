@@ -1,6 +1,6 @@
 """Quality of the bundled digits DDPM under DDIM: Fréchet distance and class coverage.
 
-Features: the shipped digits classifier's 64-d penultimate layer (``ddim.evaluation``).
+Features: the shipped digits classifier's 64-d penultimate layer (``ddim.evaluation.frechet``).
 Reference: all 1797 real digits. Two yardsticks measured the same way:
   ceiling: 1000 Gaussian-noise images clipped to [-1, 1];
   floor:   1000 real digits against the other 797 (a seed-0 permutation).
@@ -8,8 +8,8 @@ Samples are clipped to [-1, 1] (the range a saved image has) before feature extr
 
     python benchmarks/digits_quality.py [--num 1000] [--steps 50 10] [--seeds 0 1 2]
 
-Sample i of seed s uses ``ddim.noise.sample_generators(s, i, i + 1)``, the seed rule of ``ddim
-generate``/``sample``/``eval`` (so ``ddim eval --seed s`` gives the same FD); the table gives
+Sample i of seed s uses ``ddim.sampling.noise.sample_generators(s, i, i + 1)``, the seed rule of
+``ddim generate``/``sample``/``eval`` (so ``ddim eval --seed s`` gives the same FD); the table gives
 each seed and the mean ± standard deviation over the seeds.
 
 Writes benchmarks/results/digits_quality.{json,md} atomically.
@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.digits import digits_split, load_digits_images
-from ddim.evaluation import (
+from ddim.atomic import atomic_write_text
+from ddim.evaluation.digits import digits_split, load_digits_images
+from ddim.evaluation.frechet import (
     class_histogram,
     extract_features,
     fd_from_features,
     load_digits_classifier,
 )
-from ddim.io import atomic_write_text
-from ddim.noise import sample_generators
+from ddim.sampling.noise import sample_generators
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         accuracy = (clf(held_x).argmax(1) == held_y).float().mean().item()
 
     model = ddim.load_pretrained("digits")
-    training = json.loads((ddim.pretrained.bundled_path("digits") / "training.json").read_text())
+    training = json.loads(
+        (ddim.loading.pretrained.bundled_path("digits") / "training.json").read_text())
     rows = []
     for steps, seed in ((s, seed) for s in args.steps for seed in args.seeds):
         start = time.perf_counter()

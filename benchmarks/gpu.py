@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.io import atomic_write_text
-from ddim.noise import sample_generators
+from ddim.atomic import atomic_write_text
+from ddim.sampling.noise import sample_generators
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -113,7 +113,7 @@ def table(device: str, steps: int, rounds: int, cases, compile_: bool) -> list[s
                 warnings.simplefilter("always")
                 fn()
             notes[label] = "; ".join(str(w.message).split("; running")[0].removeprefix(
-                "ddim.accelerate: ") for w in caught if w.category is RuntimeWarning)
+                "ddim.acceleration.accelerate: ") for w in caught if w.category is RuntimeWarning)
         times = {label: [] for label in ms}
         for r in range(rounds):
             order = list(ms)[r % len(ms):] + list(ms)[:r % len(ms)]
@@ -152,8 +152,8 @@ def launches(device: str, steps: int) -> list[str]:
 
 def quality(device: str, steps: int) -> list[str]:
     """FD of 1000 digits at S steps, fp32 against bf16 (+ graph_loop), seeds 0, 1, 2."""
-    from ddim.digits import load_digits_images
-    from ddim.evaluation import extract_features, fd_from_features, load_digits_classifier
+    from ddim.evaluation.digits import load_digits_images
+    from ddim.evaluation.frechet import extract_features, fd_from_features, load_digits_classifier
 
     clf = load_digits_classifier(device)
     ref = extract_features(load_digits_images()[0].to(device), clf.features)

@@ -1,12 +1,12 @@
 """Quality of the bundled 28×28 `mnist` DDPM under DDIM: FD, classes, memorisation, guidance.
 
 Features and predictions: the shipped MNIST classifier (``load_classifier("mnist")``, 64-d
-SiLU penultimate layer). Real digits: the fixed split of ``ddim.mnist.mnist_split`` (4000
+SiLU penultimate layer). Real digits: the fixed split of ``ddim.evaluation.mnist.mnist_split`` (4000
 training, 1000 held-out digits). Every FD is at n = 1000 samples, against the 1000 held-out
 digits AND against the 4000 training digits. Samples are clipped to [-1, 1] (the range a saved
 image has) before they are measured. Sample i of seed s starts from the noise of
-``ddim.noise.sample_generators(s, i, i + 1)`` (one generator per sample), so a cell does not
-depend on the batch size.
+``ddim.sampling.noise.sample_generators(s, i, i + 1)`` (one generator per sample), so a cell does
+not depend on the batch size.
 
 Cells (each saved to the JSON as soon as it is finished; a rerun skips finished cells):
 - floor: real against real, two disjoint sets of 1000 (held-out against three disjoint
@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.classifiers import load_classifier
-from ddim.evaluation import extract_features, fd_from_features
-from ddim.io import atomic_write_text
-from ddim.mnist import mnist_split
-from ddim.noise import sample_generators
+from ddim.atomic import atomic_write_text
+from ddim.evaluation.classifiers import load_classifier
+from ddim.evaluation.frechet import extract_features, fd_from_features
+from ddim.evaluation.mnist import mnist_split
+from ddim.sampling.noise import sample_generators
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cells import load_cells, save_cells, shard_arg  # noqa: E402  (benchmarks/cells.py)
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--num must be a multiple of 10, at least 10, got {args.num}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    training = json.loads((ddim.pretrained.bundled_path("mnist") / "training.json").read_text())
+    training = json.loads(
+        (ddim.loading.pretrained.bundled_path("mnist") / "training.json").read_text())
     run = dict(num=args.num, model_training_steps=training["steps"], torch=torch.__version__,
                threads=args.threads)
     done = load_cells(json_path)

@@ -70,7 +70,7 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.solvers import SOLVERS
+from ddim.maths.multistep import SOLVERS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -26,8 +26,8 @@ Several processes may run at once (--shard I/N): each takes every N-th remaining
 merges its result into paper_cells.json under a file lock, so none overwrites another's.
 
 Seed rule (--rule): ``sample_seed`` (the default) draws sample i of seed s from
-``ddim.noise.sample_generators``, as ``ddim generate``/``sample``/``eval`` do. ``legacy`` is
-the rule the published table was measured with (one CPU generator per sample seeded with
+``ddim.sampling.noise.sample_generators``, as ``ddim generate``/``sample``/``eval`` do. ``legacy``
+is the rule the published table was measured with (one CPU generator per sample seeded with
 s·1000003 + i); its cells carry no ``rule`` field. Each rule's cells are kept and reported
 separately. On this model the legacy rule's x_T sets give a lower and steadier FD than
 independent noise does (S = 20, η = 0, 6 seeds: 2.26 ± 0.17 against 2.79 ± 1.12 for
@@ -48,10 +48,10 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.digits import digits_split, load_digits_images
-from ddim.evaluation import extract_features, fd_from_features, load_digits_classifier
-from ddim.io import atomic_write, atomic_write_text
-from ddim.noise import sample_generators
+from ddim.atomic import atomic_write, atomic_write_text
+from ddim.evaluation.digits import digits_split, load_digits_images
+from ddim.evaluation.frechet import extract_features, fd_from_features, load_digits_classifier
+from ddim.sampling.noise import sample_generators
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cells import key, load_cells, save_cells, shard_arg  # noqa: E402  (benchmarks/cells.py)
@@ -157,7 +157,7 @@ class Lab:
             if self.rule == "legacy":
                 x_T = torch.randn(cell["n"], 1, 8, 8, generator=torch.Generator().manual_seed(0))
             else:
-                x_T = ddim.noise.randn((cell["n"], 1, 8, 8), generators(self.rule, 0, 0,
+                x_T = ddim.sampling.noise.randn((cell["n"], 1, 8, 8), generators(self.rule, 0, 0,
                                        cell["n"]), torch.device("cpu"), torch.float32)
             ref = self._reference_1000(x_T, progress)
             x = ddim.sample(self.model, cell["steps"], x_T=x_T, progress=progress,

@@ -6,7 +6,7 @@
 
 For each model-call budget S in {3, 4, 5, 6, 8, 10, 15, 20, 50}, n samples (default 1000) are
 drawn from the same x_T (seed rule of ``ddim generate``: sample i of seed s uses
-``ddim.noise.sample_generators(s, i, i + 1)``) by
+``ddim.sampling.noise.sample_generators(s, i, i + 1)``) by
 
 - ddim's solvers through ``ddim.sample(model, S, solver=...)`` on the default grid (trailing:
   t = round(T - i·T/S) - 1), η = 0 for ``ddim``;
@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.evaluation import extract_features, fd_from_features
-from ddim.io import atomic_write_text
-from ddim.noise import sample_generators
+from ddim.atomic import atomic_write_text
+from ddim.evaluation.frechet import extract_features, fd_from_features
+from ddim.sampling.noise import sample_generators
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cells import key, load_cells, save_cells  # noqa: E402  (benchmarks/cells.py)
@@ -116,7 +116,8 @@ class Lab:
 
     def _batch(self, cell: dict, lo: int, hi: int) -> torch.Tensor:
         gens = sample_generators(cell["seed"], lo, hi)
-        x_T = ddim.noise.randn((hi - lo, *self.model.sample_shape), gens, torch.device("cpu"),
+        x_T = ddim.sampling.noise.randn((hi - lo, *self.model.sample_shape), gens,
+        torch.device("cpu"),
                                torch.float32)  # as ddim.sample draws it from these generators
         if cell["impl"] == "diffusers":
             return diffusers_sample(self.model, cell["solver"], cell["steps"], x_T,
@@ -162,9 +163,9 @@ def diffusers_sample(bundle, solver: str, steps: int, x_T: torch.Tensor,
 
 def classifier_and_reference(model: str):
     """(feature extractor, reference images) for FD on ``model``'s data: the shipped
-    classifier and real images of its kit (``ddim.evaluation.reference_images``)."""
-    from ddim.classifiers import load_classifier
-    from ddim.evaluation import reference_images
+    classifier and real images of its kit (``ddim.evaluation.frechet.reference_images``)."""
+    from ddim.evaluation.classifiers import load_classifier
+    from ddim.evaluation.frechet import reference_images
 
     return load_classifier(model).features, reference_images(model)
 

@@ -25,7 +25,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
 import ddim
-from ddim.io import atomic_write_text
+from ddim.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 MODES = [("eager", ()), ("trace", ("trace",)), ("channels_last", ("channels_last",)),

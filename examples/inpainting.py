@@ -8,7 +8,7 @@ Needs the eval extra (scikit-learn, for the held-out digits): pip install 'ddim[
 import torch
 
 import ddim
-from ddim.digits import digits_split
+from ddim.evaluation.digits import digits_split
 
 model = ddim.load_pretrained("digits")
 x0 = digits_split()[2][:8]

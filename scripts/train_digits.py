@@ -1,8 +1,8 @@
 """Train the bundled 8×8-digits DDPM from scratch (ε-prediction, T=1000, linear β).
 
-The model is trained on the 1497 training digits of :func:`ddim.digits.digits_split`, with an
-EMA of its weights; every ``--save-every`` steps and at the end the EMA weights are written as a
-diffusers ``DDPMPipeline`` folder (safetensors) plus a ``training.json`` describing the run.
+The model is trained on the 1497 training digits of :func:`ddim.evaluation.digits.digits_split`,
+with an EMA of its weights; every ``--save-every`` steps and at the end the EMA weights are written
+as a diffusers ``DDPMPipeline`` folder (safetensors) plus a ``training.json`` describing the run.
 Each save is atomic: the folder is written beside the target and then swapped in.
 
 Uses one CPU thread (``torch.set_num_threads(1)``). Example::
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddim import NoiseSchedule
-from ddim.digits import digits_split
+from ddim.evaluation.digits import digits_split
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 1e-4, 0.02

@@ -1,9 +1,9 @@
 """Train the evaluation classifier for 8×8 digits and ship its weights.
 
-Trains :class:`ddim.classifiers.DigitsClassifier` on the 1497 training digits of
-:func:`ddim.digits.digits_split` (random shifts of up to one pixel as augmentation, fixed seeds,
-one CPU thread), reports the accuracy on the 300 held-out digits, and saves the weights to
-``src/ddim/weights/digits-classifier.safetensors`` (atomically) and a summary to
+Trains :class:`ddim.evaluation.classifiers.DigitsClassifier` on the 1497 training digits of
+:func:`ddim.evaluation.digits.digits_split` (random shifts of up to one pixel as augmentation,
+fixed seeds, one CPU thread), reports the accuracy on the 300 held-out digits, and saves the
+weights to ``src/ddim/weights/digits-classifier.safetensors`` (atomically) and a summary to
 ``runs/classifier.json``. Refuses to save weights whose held-out accuracy is below 98%.
 """
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ddim.classifiers import DigitsClassifier
-from ddim.digits import digits_split
+from ddim.evaluation.classifiers import DigitsClassifier
+from ddim.evaluation.digits import digits_split
 
 MIN_ACCURACY = 0.98
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src/ddim/weights/digits-classifier.safetensors"
@@ -81,7 +81,7 @@ def save_weights(model: DigitsClassifier, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"model": "ddim.classifiers.DigitsClassifier"})
+    save_file(state, str(tmp), metadata={"model": "ddim.evaluation.classifiers.DigitsClassifier"})
     tmp.chmod(0o644)
     os.replace(tmp, out)
 

@@ -1,8 +1,8 @@
 """Train the bundled 28×28 MNIST DDPM from scratch (ε-prediction, T=1000, linear β).
 
 The model is a diffusers ``UNet2DModel`` trained on the 4000 training digits of
-:func:`ddim.mnist.mnist_split`, with an EMA of its weights: unconditional (``--uncond``, the
-bundled ``mnist``) or class-conditional (labels 0-9 and the null class 10, label dropout for
+:func:`ddim.evaluation.mnist.mnist_split`, with an EMA of its weights: unconditional (``--uncond``,
+the bundled ``mnist``) or class-conditional (labels 0-9 and the null class 10, label dropout for
 classifier-free guidance: the bundled ``mnist-cond``). ``--init-from FOLDER`` starts the model
 and its EMA from a saved DDPMPipeline folder; a class-conditional folder can start an
 unconditional run, its null class folded into the time embedding (the same network, see
@@ -48,7 +48,7 @@ from train_digits import (
 )
 
 from ddim import NoiseSchedule
-from ddim.mnist import mnist_split
+from ddim.evaluation.mnist import mnist_split
 
 ARCHITECTURES = {
     # name: (block_out_channels, layers_per_block); three levels at 28, 14 and 7 pixels,

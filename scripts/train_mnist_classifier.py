@@ -1,8 +1,8 @@
 """Train the evaluation classifier for 28×28 MNIST digits and ship its weights.
 
-Trains :class:`ddim.classifiers.MnistClassifier` on the 4000 training digits of
-:func:`ddim.mnist.mnist_split` (random shifts of up to two pixels as augmentation, fixed seeds,
-one CPU thread), reports the accuracy on the 1000 held-out digits, and saves the weights to
+Trains :class:`ddim.evaluation.classifiers.MnistClassifier` on the 4000 training digits of
+:func:`ddim.evaluation.mnist.mnist_split` (random shifts of up to two pixels as augmentation, fixed
+seeds, one CPU thread), reports the accuracy on the 1000 held-out digits, and saves the weights to
 ``src/ddim/weights/mnist-classifier.safetensors`` (atomically) and a summary to
 ``runs/mnist_classifier.json``. Refuses to save weights whose held-out accuracy is below 97.5%.
 
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from train_digits_classifier import accuracy, random_shift
 
-from ddim.classifiers import MnistClassifier
-from ddim.mnist import mnist_split
+from ddim.evaluation.classifiers import MnistClassifier
+from ddim.evaluation.mnist import mnist_split
 
 MIN_ACCURACY = 0.975
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src/ddim/weights/mnist-classifier.safetensors"
@@ -67,7 +67,7 @@ def save_weights(model: MnistClassifier, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"model": "ddim.classifiers.MnistClassifier"})
+    save_file(state, str(tmp), metadata={"model": "ddim.evaluation.classifiers.MnistClassifier"})
     tmp.chmod(0o644)
     os.replace(tmp, out)
 

@@ -24,7 +24,7 @@ def _float32_on_cuda(request):
     if request.node.get_closest_marker("cuda") is None:
         yield
         return
-    from ddim.backends import strict_float32
+    from ddim.acceleration.precision import strict_float32
 
     with strict_float32():
         yield

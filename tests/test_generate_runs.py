@@ -22,14 +22,20 @@ import torch
 import ddim
 from ddim import cli
 from ddim.cli import common
-from ddim.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
-from ddim.generate import generate, make_shards, pack, prepare_run
+from ddim.generation.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
+from ddim.generation.generate import generate, make_shards, pack, prepare_run
+from ddim.generation.manifest import (
+    MANIFEST,
+    RunMismatchError,
+    make_manifest,
+    run_identity,
+    write_manifest,
+)
+from ddim.generation.settings import RunSettings, SamplingSettings
+from ddim.generation.shards import read_shard, shard_name
 from ddim.images import to_uint8
-from ddim.manifest import MANIFEST, RunMismatchError, make_manifest, run_identity, write_manifest
-from ddim.noise import sample_generators, sample_seed
-from ddim.pretrained import bundled_path
-from ddim.run_settings import RunSettings, SamplingSettings
-from ddim.shards import read_shard, shard_name
+from ddim.loading.pretrained import bundled_path
+from ddim.sampling.noise import sample_generators, sample_seed
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -233,7 +239,7 @@ def test_run_identity_is_the_content_not_the_layout():
 
 
 # ------------------------------------------------------------ #18 one writer per folder
-LOCKER = ("import sys, time\nfrom ddim.folder_lock import lock_folder\n"
+LOCKER = ("import sys, time\nfrom ddim.generation.folder_lock import lock_folder\n"
           "lock = lock_folder(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(300)\n")
 
 

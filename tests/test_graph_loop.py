@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import ddim
-from ddim.graph_loop import LoopGraphs, StaticLoop
-from ddim.options import SampleOptions
-from ddim.plan import make_plan
+from ddim.acceleration.graph_loop import LoopGraphs, StaticLoop
+from ddim.sampling.options import SampleOptions
+from ddim.sampling.plan import make_plan
 from tests.conftest import make_tiny_unet
 
 

@@ -112,7 +112,7 @@ def test_guidance_on_an_unconditional_model():
 
 def test_bundled_conditional_model():
     model = ddim.load_pretrained("digits-cond")
-    from ddim.guidance import class_info
+    from ddim.sampling.guidance import class_info
 
     assert class_info(model) == (10, 10)
     labels = torch.arange(4)

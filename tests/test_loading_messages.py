@@ -21,14 +21,15 @@ import tomllib
 import torch
 
 import ddim
-from ddim import cli, hub
-from ddim.digits import load_digits_images
-from ddim.folder_lock import FolderInUseError
+from ddim import cli
+from ddim.atomic import atomic_write_text
+from ddim.evaluation.digits import load_digits_images
+from ddim.generation.folder_lock import FolderInUseError
+from ddim.generation.manifest import RunMismatchError, check_same_run, contrast, write_manifest
+from ddim.generation.settings import TooManyProcessesError, check_world_size
+from ddim.generation.shards import write_shard
 from ddim.images import save_image_grid, save_npz, save_png
-from ddim.io import atomic_write_text
-from ddim.manifest import RunMismatchError, check_same_run, contrast, write_manifest
-from ddim.run_settings import TooManyProcessesError, check_world_size
-from ddim.shards import write_shard
+from ddim.loading import hub
 from tests.conftest import make_tiny_unet
 from tests.test_cli import Elementwise, check_error, loads  # noqa: F401 (a fixture)
 
@@ -79,7 +80,8 @@ def test_the_eval_extra_is_declared_and_the_examples_that_need_it_say_so():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     assert any(r.startswith("scikit-learn") for r in extras["eval"])
-    needing = [p for p in (ROOT / "examples").glob("*.py") if "ddim.digits" in p.read_text()]
+    needing = [p for p in (ROOT / "examples").glob("*.py")
+               if "ddim.evaluation.digits" in p.read_text()]
     assert len(needing) >= 2
     for path in needing:
         assert "pip install 'ddim[eval]'" in "".join(path.read_text().splitlines(True)[:4])
@@ -219,7 +221,7 @@ def test_gitignore_covers_what_the_examples_and_the_readme_write():
 
 LAZY = """
 import sys, ddim
-heavy = ("torch", "numpy", "diffusers", "PIL", "ddim.cli.common", "ddim.sampler")
+heavy = ("torch", "numpy", "diffusers", "PIL", "ddim.cli.common", "ddim.sampling.sampler")
 print([m for m in heavy if m in sys.modules])
 ddim.NoiseSchedule
 print([m for m in ("diffusers", "PIL", "ddim.cli.common") if m in sys.modules])
@@ -235,16 +237,25 @@ def test_import_ddim_loads_nothing_heavy_until_used():
 
 
 def test_public_names_and_modules_still_work():
-    assert set(ddim.__all__) == set(ddim._EXPORTS) | {"accelerate"}
+    assert set(ddim.__all__) == set(ddim._EXPORTS)
+    assert set(BEFORE_WINGS) <= set(ddim.__all__)  # every name of the flat layout's __all__
     assert all(getattr(ddim, name) is not None for name in ddim.__all__)
-    assert {"sample", "accelerate", "load_pretrained"} <= set(dir(ddim))
-    assert ddim.generate.generate is not None and ddim.shards.pack is not None
+    assert {"sample", "accelerate", "load_pretrained", "generate"} <= set(dir(ddim))
+    assert ddim.generation.generate.generate is ddim.generate
     with pytest.raises(AttributeError, match="has no attribute 'smaple'"):
         ddim.smaple  # noqa: B018
-    done = python("import ddim.accelerate, ddim, inspect\n"
+    done = python("import ddim.acceleration.accelerate, ddim, inspect\n"
                   "print(inspect.isfunction(ddim.accelerate), ddim.accelerate.__module__)\n"
                   "from ddim import sample, accelerate\nprint(accelerate is ddim.accelerate)")
-    assert done.stdout.split() == ["True", "ddim.accelerate", "True"], done.stderr
+    assert done.stdout.split() == ["True", "ddim.acceleration.accelerate", "True"], done.stderr
+
+
+BEFORE_WINGS = (  # ddim.__all__ at bc30d1e, before the modules moved into subpackages
+    "BUNDLED_MODELS", "NoiseSchedule", "NonFiniteError", "Pretrained", "PretrainedError",
+    "SampleStep", "StepOutput", "accelerate", "ddim_sigma", "ddim_step", "img2img", "inpaint",
+    "interpolation_strip", "invert", "load_pretrained", "make_grid", "predict_x0_eps",
+    "sample", "sample_iter", "save_image_grid", "slerp", "strict_float32", "to_pil", "to_uint8",
+)
 
 
 # ---------------------------------------------------------------- #22 messages

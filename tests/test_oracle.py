@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import ddim
-from ddim.grid import SPACINGS
+from ddim.maths.grids import SPACINGS
 from ddim.testing import GaussianMixture
 
 F64 = torch.float64

@@ -10,7 +10,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
 import ddim
 from ddim import NoiseSchedule, PretrainedError
-from ddim.pretrained import bundled_path
+from ddim.loading.pretrained import bundled_path
 from tests.conftest import make_tiny_unet
 
 

@@ -5,7 +5,7 @@ import torch
 
 import ddim
 from ddim import NoiseSchedule
-from ddim.grid import SPACINGS
+from ddim.maths.grids import SPACINGS
 
 
 class Recorder:
@@ -313,7 +313,7 @@ def test_looking_at_the_steps_does_not_change_the_samples(ptype, options):
 def test_setup_is_memoised_but_never_shared_mutably():
     # the per-step numbers of a (schedule, S, spacing, η, ...) setup are computed once; the
     # schedule hashes by value, so an equal schedule built anew hits the same entry
-    from ddim.plan import step_table
+    from ddim.sampling.plan import step_table
 
     x_T = torch.randn(2, 1, 4, 4)
 
@@ -349,7 +349,7 @@ def test_signatures_list_every_sampling_option():
     import inspect
     from dataclasses import fields
 
-    from ddim.options import SampleOptions
+    from ddim.sampling.options import SampleOptions
 
     options = {f.name for f in fields(SampleOptions)} - {"x_name"}
     assert options <= set(inspect.signature(ddim.sample).parameters)

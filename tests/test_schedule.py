@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from ddim import NoiseSchedule
-from ddim.grid import SPACINGS
+from ddim.maths.grids import SPACINGS
 
 
 @pytest.mark.parametrize("name", ["linear", "scaled_linear", "squaredcos_cap_v2"])

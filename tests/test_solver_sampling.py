@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ddim
-from ddim.solvers import SOLVERS
+from ddim.maths.multistep import SOLVERS
 
 MULTISTEP = [s for s in SOLVERS if s != "ddim"]
 

@@ -1,4 +1,4 @@
-"""ddim.solvers: step-for-step agreement with diffusers' multistep schedulers, DDIM as the
+"""ddim.maths.multistep: step-for-step agreement with diffusers' multistep schedulers, DDIM as the
 first-order case, convergence on the closed-form Gaussian oracle, and the errors."""
 
 import math
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import ddim
-from ddim.solvers import (
+from ddim.maths.ddim_step import ddim_step
+from ddim.maths.multistep import (
     SOLVERS,
     MultistepStepper,
     StepCoefficients,
@@ -15,7 +16,6 @@ from ddim.solvers import (
     first_order_update,
     solver_coefficients,
 )
-from ddim.step import ddim_step
 from ddim.testing import GaussianMixture
 
 F64 = dict(dtype=torch.float64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ddim
-from ddim.step import (
+from ddim.maths.ddim_step import (
     ddim_sigma,
     ddim_step,
     fused_coefficients,

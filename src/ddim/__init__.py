@@ -1,58 +1,75 @@
 """ddim: fast, exact, reproducible DDIM sampling for pretrained DDPMs.
 
+The library is built in wings, each a subpackage, from the bottom up (``pyproject.toml``'s
+import-linter contract states their order; an arrow never points up):
+
+- :mod:`ddim.maths`: pure tensor functions: the schedule's marginals, the grids, x̂0/ε̂ from
+  each prediction type, x̂0 processing, DDIM's equations and the multistep solvers' updates;
+- :mod:`ddim.sampling`: the model contract, noise, guidance, the options (stated once), the
+  solver registry, the plan, the steppers and the one sampling loop;
+- :mod:`ddim.loading`: bundled models, diffusers folders, hub ids;
+- :mod:`ddim.editing.edits`: inversion, image-to-image, inpainting, interpolation;
+- :mod:`ddim.acceleration`: trace, compile, CUDA graphs, the precision switch;
+- :mod:`ddim.generation`: many samples as resumable shards, on one or many processes;
+- :mod:`ddim.evaluation.frechet`: Fréchet distances, the shipped classifiers, the reference digits;
+- :mod:`ddim.cli`: the ``ddim`` command.
+
 ``import ddim`` is cheap: it loads none of torch, numpy, diffusers, PIL or the command line.
-Each public name is imported from its module when it is first used (``ddim.sample`` imports
-the sampler, and with it torch), and ``ddim.<module>`` (``ddim.generate``, ``ddim.images``,
-...) imports that module, so ``from ddim import sample`` and ``import ddim.shards`` work as
-usual.
+Each public name below is imported from its module when it is first used (``ddim.sample``
+imports the sampling wing, and with it torch).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "BUNDLED_MODELS": "pretrained", "Pretrained": "pretrained",
-    "PretrainedError": "pretrained", "load_pretrained": "pretrained",
-    "NoiseSchedule": "schedule",
-    "NonFiniteError": "models",
-    "SampleStep": "sampler", "sample": "sampler", "sample_iter": "sampler",
-    "StepOutput": "step", "ddim_sigma": "step", "ddim_step": "step",
-    "img2img": "editing", "inpaint": "editing",
-    "interpolation_strip": "interpolate", "slerp": "interpolate",
-    "invert": "inversion",
+    "BUNDLED_MODELS": "loading.pretrained", "Pretrained": "loading.pretrained",
+    "PretrainedError": "loading.folders", "load_pretrained": "loading.pretrained",
+    "NoiseSchedule": "maths.schedule",
+    "StepOutput": "maths.ddim_step", "ddim_sigma": "maths.ddim_step",
+    "ddim_step": "maths.ddim_step",
+    "predict_x0_eps": "maths.prediction",
+    "NonFiniteError": "sampling.model_contract",
+    "SampleStep": "sampling.sampler", "sample": "sampling.sampler",
+    "sample_iter": "sampling.sampler",
+    "img2img": "editing.edits", "inpaint": "editing.edits",
+    "interpolation_strip": "editing.interpolation", "slerp": "editing.interpolation",
+    "invert": "editing.inversion",
+    "accelerate": "acceleration.accelerate", "strict_float32": "acceleration.precision",
+    "generate": "generation.generate", "pack": "generation.shards",
     "make_grid": "images", "save_image_grid": "images", "to_pil": "images",
     "to_uint8": "images",
-    "predict_x0_eps": "prediction",
-    "strict_float32": "backends",
 }
 
-__all__ = [  # _EXPORTS and accelerate, spelt out for tools that read __all__
+__all__ = [  # the keys of _EXPORTS, spelt out for tools that read __all__
     "BUNDLED_MODELS", "NoiseSchedule", "NonFiniteError", "Pretrained", "PretrainedError",
-    "SampleStep", "StepOutput", "accelerate", "ddim_sigma", "ddim_step", "img2img", "inpaint",
-    "interpolation_strip", "invert", "load_pretrained", "make_grid", "predict_x0_eps",
-    "sample", "sample_iter", "save_image_grid", "slerp", "strict_float32", "to_pil", "to_uint8",
+    "SampleStep", "StepOutput", "accelerate", "ddim_sigma", "ddim_step", "generate", "img2img",
+    "inpaint", "interpolation_strip", "invert", "load_pretrained", "make_grid", "pack",
+    "predict_x0_eps", "sample", "sample_iter", "save_image_grid", "slerp", "strict_float32",
+    "to_pil", "to_uint8",
 ]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily
-    from .accelerate import accelerate
-    from .backends import strict_float32
-    from .editing import img2img, inpaint
+    from .acceleration.accelerate import accelerate
+    from .acceleration.precision import strict_float32
+    from .editing.edits import img2img, inpaint
+    from .editing.interpolation import interpolation_strip, slerp
+    from .editing.inversion import invert
+    from .generation.generate import generate
+    from .generation.shards import pack
     from .images import make_grid, save_image_grid, to_pil, to_uint8
-    from .interpolate import interpolation_strip, slerp
-    from .inversion import invert
-    from .models import NonFiniteError
-    from .prediction import predict_x0_eps
-    from .pretrained import BUNDLED_MODELS, Pretrained, PretrainedError, load_pretrained
-    from .sampler import SampleStep, sample, sample_iter
-    from .schedule import NoiseSchedule
-    from .step import StepOutput, ddim_sigma, ddim_step
+    from .loading.folders import PretrainedError
+    from .loading.pretrained import BUNDLED_MODELS, Pretrained, load_pretrained
+    from .maths.ddim_step import StepOutput, ddim_sigma, ddim_step
+    from .maths.prediction import predict_x0_eps
+    from .maths.schedule import NoiseSchedule
+    from .sampling.model_contract import NonFiniteError
+    from .sampling.sampler import SampleStep, sample, sample_iter
 
 
 def __getattr__(name: str) -> Any:
@@ -74,22 +91,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-class _Package(types.ModuleType):
-    """The ``ddim`` module's type. ``ddim.accelerate`` is the function of the module of the
-    same name: importing that module (which makes Python set the package attribute to it)
-    must not hide the function."""
-
-    @property
-    def accelerate(self) -> Any:
-        return self.__dict__.get("_accelerate") or importlib.import_module(
-            ".accelerate", __name__).accelerate
-
-    @accelerate.setter
-    def accelerate(self, value: Any) -> None:
-        if not isinstance(value, types.ModuleType):  # a replacement (a test's monkeypatch)
-            self.__dict__["_accelerate"] = value
-
-
-sys.modules[__name__].__class__ = _Package

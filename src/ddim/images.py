@@ -3,7 +3,7 @@
 Samples come out of :func:`ddim.sample` as float tensors of shape (B, C, H, W) in the model's
 data range, [-1, 1] for the usual image DDPMs. :func:`to_uint8` maps that range onto 0..255;
 :func:`make_grid` tiles a batch into one image; :func:`save_image_grid`, :func:`save_png`
-and :func:`save_npz` write files atomically with :func:`ddim.io.atomic_write` (a temporary file
+and :func:`save_npz` write files atomically with :func:`ddim.atomic.atomic_write` (a temporary file
 in the target's folder, flushed to disk, then renamed over the target), so a crash or a full
 disk never leaves a half-written file under the target's name.
 
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._checks import check_float, check_int
-from .io import atomic_write
+from .atomic import atomic_write
+from .checks import check_float, check_int
 
 if TYPE_CHECKING:
     from PIL import Image

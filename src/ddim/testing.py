@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .schedule import NoiseSchedule
+from .maths.schedule import NoiseSchedule
 
 
 class GaussianMixture:
@@ -135,7 +135,7 @@ class GaussianMixture:
 class ConditionalOracle:
     """``model(x, t, class_labels) -> ε``: exact per-component ε, mixture ε for the null class.
 
-    Has ``num_classes`` (K) and ``null_class`` (K) as :mod:`ddim.guidance` expects.
+    Has ``num_classes`` (K) and ``null_class`` (K) as :mod:`ddim.sampling.guidance` expects.
     """
 
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .._words import plural  # noqa: F401 (the subcommands' count wording)
+from ..checks import plural  # noqa: F401 (the subcommands' count wording)
 
 PROG = "ddim"
 EXIT_USAGE = 2  # bad arguments (argparse's convention)

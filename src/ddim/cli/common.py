@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from .._checks import check_device as check_library_device
 from .._version import __version__
-from ..folder_lock import FolderInUseError
-from ..guidance import NULL_LABEL, class_info, resolve_labels
+from ..checks import check_device as check_library_device
+from ..generation.folder_lock import FolderInUseError
+from ..generation.manifest import RunMismatchError
+from ..generation.settings import SamplingSettings
 from ..images import save_image_grid, save_npz, to_uint8
-from ..manifest import RunMismatchError
-from ..models import NonFiniteError
-from ..pretrained import Pretrained, PretrainedError, declared_classes, load_pretrained
-from ..run_settings import SamplingSettings
+from ..loading.pretrained import Pretrained, PretrainedError, declared_classes, load_pretrained
+from ..sampling.guidance import NULL_LABEL, class_info, resolve_labels
+from ..sampling.model_contract import NonFiniteError
 from .base import EXIT_FAILURE, EXIT_USAGE, CliError, plural
 from .options import library_options
 
@@ -37,8 +37,8 @@ def library_error(err: Exception, where: str = "") -> CliError:
     Status 1 for a failed run (OSError: a file could not be written; NonFiniteError: the model
     returned NaN or inf), 2 for anything else (arguments the library refused, a folder in use
     by another process). OSErrors show their reason only; a
-    :class:`ddim.manifest.RunMismatchError` or :class:`ddim.folder_lock.FolderInUseError`
-    names ``--out`` (and ``--overwrite``).
+    :class:`ddim.generation.manifest.RunMismatchError` or
+    :class:`ddim.generation.folder_lock.FolderInUseError` names ``--out`` (and ``--overwrite``).
     """
     if isinstance(err, RunMismatchError):
         message = err.message("--overwrite", "--out")
@@ -108,7 +108,7 @@ def check_device(name: str | None) -> torch.device | None:
 def sampling_settings(args: argparse.Namespace, command: str,
                       settings: type[SamplingSettings] = SamplingSettings,
                       **more: Any) -> SamplingSettings:
-    """The :class:`~ddim.run_settings.SamplingSettings` (or ``settings``, with ``more``) of
+    """The :class:`~ddim.generation.settings.SamplingSettings` (or ``settings``, with ``more``) of
     ``command``'s options, checked before the model is loaded.
 
     Raises:

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..editing import img2img, inpaint
-from ..guidance import cycled_labels
+from ..atomic import atomic_write
+from ..editing.edits import img2img, inpaint
+from ..editing.inversion import METHODS, invert
 from ..images import from_uint8
-from ..inversion import METHODS, invert
-from ..io import atomic_write
-from ..noise import sample_generators
-from ..pretrained import Pretrained
+from ..loading.pretrained import Pretrained
+from ..sampling.guidance import cycled_labels
+from ..sampling.noise import sample_generators
 from .base import CliError, plural
 from .common import (
     check_class_options,

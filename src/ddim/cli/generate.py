@@ -9,10 +9,11 @@ Under torchrun the count must be spelled ``--num-images``: torchrun parses the w
 line with argparse, which reads ``--num`` as an ambiguous abbreviation of torchrun's own
 ``--numa-binding`` and stops. ``-m ddim`` runs ``python -m ddim`` (``ddim/__main__.py``).
 
-The work is done by :mod:`ddim.generate` (:func:`~ddim.generate.prepare_run`, then
-:func:`~ddim.generate.make_shards`) and :func:`ddim.shards.pack`; this module parses the
-command line and reports. Everything that can be checked (arguments, labels, device, number
-of processes, the model) is checked before the folder or run.json is written. An error that
+The work is done by :mod:`ddim.generation.generate` (:func:`~ddim.generation.generate.prepare_run`,
+then
+:func:`~ddim.generation.generate.make_shards`) and :func:`ddim.generation.shards.pack`; this module
+parses the command line and reports. Everything that can be checked (arguments, labels, device,
+number of processes, the model) is checked before the folder or run.json is written. An error that
 every process raises alike (bad arguments, a folder that holds another run or is in use by
 another process) is printed once, by rank 0; an error of one process names its rank.
 """
@@ -24,17 +25,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .. import distributed
-from ..folder_lock import FolderInUseError, check_unlocked
-from ..generate import (
+from ..generation import distributed
+from ..generation.folder_lock import FolderInUseError, check_unlocked
+from ..generation.generate import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SHARD_SIZE,
     GenerateResult,
     make_shards,
     prepare_run,
 )
-from ..run_settings import RunSettings, TooManyProcessesError, check_world_size
-from ..shards import pack
+from ..generation.settings import RunSettings, TooManyProcessesError, check_world_size
+from ..generation.shards import pack
 from .base import EXIT_INTERRUPTED, CliError, plural
 from .common import (
     check_class_options,

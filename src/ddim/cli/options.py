@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..grid import DEFAULT_SPACING, SPACINGS
-from ..guidance import NULL_LABEL
-from ..options import DEFAULT_STEPS
-from ..pretrained import BUNDLED_MODELS
-from ..solvers import SOLVERS
+from ..loading.pretrained import BUNDLED_MODELS
+from ..maths.grids import DEFAULT_SPACING, SPACINGS
+from ..maths.multistep import SOLVERS
+from ..sampling.guidance import NULL_LABEL
+from ..sampling.options import DEFAULT_STEPS
 
 COMMANDS = frozenset({"sample", "eval", "generate", "invert", "inpaint", "img2img"})
 

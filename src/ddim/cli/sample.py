@@ -6,9 +6,9 @@
     ddim sample --model digits-cond --class 0 1 2 3 4 5 6 7 8 9 --guidance-scale 2 --out c.png
 
 Reproducibility: sample i of a run with seed s draws all its randomness (x_T, and the noise
-of η > 0 steps) from its own CPU generator seeded with :func:`ddim.noise.sample_seed` (s, i),
-and takes its class from ``--class`` by :func:`ddim.guidance.cycled_labels`, so the images do
-not depend on ``--batch-size`` or on the device's RNG.
+of η > 0 steps) from its own CPU generator seeded with :func:`ddim.sampling.noise.sample_seed` (s,
+i), and takes its class from ``--class`` by :func:`ddim.sampling.guidance.cycled_labels`, so the
+images do not depend on ``--batch-size`` or on the device's RNG.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ..noise import SEED_RULE
-from ..pretrained import Pretrained
-from ..run_settings import SamplingSettings
+from ..generation.settings import SamplingSettings
+from ..loading.pretrained import Pretrained
+from ..sampling.noise import SEED_RULE
 from .base import EXIT_FAILURE, CliError, plural
 from .common import (
     check_class_options,

@@ -1,0 +1,192 @@
+"""``run.json``, the record of a :func:`ddim.generation.generate.generate` run, and the run's
+identity.
+
+run.json holds everything that determines the images: the model's identity (name, sha256 of
+its weights, schedule, prediction type, sample shape, data range), the sampling settings
+(:meth:`ddim.generation.settings.RunSettings.recorded`), the seed rule and the ddim version. Its
+:func:`run_identity`, the sha256 of its canonical JSON, is stored in every shard the run
+writes (:mod:`ddim.generation.shards`), so that a shard can always be traced to the run that made
+it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..atomic import atomic_write_text
+from ..loading.pretrained import BUNDLED_MODELS, WEIGHT_NAMES, Pretrained
+from ..sampling.model_contract import model_device_dtype
+from ..sampling.noise import SEED_RULE
+
+MANIFEST = "run.json"
+FORMAT = "ddim-generate/2"  # 2: shards carry their run's identity; solver, labels, guidance
+
+
+class RunMismatchError(ValueError):
+    """The folder holds another run's files, or shards without a run.json to check them by.
+
+    ``fields`` names the run.json entries that differ (none without a run.json). The message
+    names the folder ``out_dir`` and the remedy ``overwrite=True``; :meth:`message` spells
+    them for another interface."""
+
+    def __init__(self, folder: str, problem: str, fields: tuple[str, ...] = ()) -> None:
+        self.folder, self.problem, self.fields = folder, problem, tuple(fields)
+        super().__init__(self.message())
+
+    def message(self, overwrite: str = "overwrite=True", out_dir: str = "out_dir") -> str:
+        """The error message, with the option that starts over spelt ``overwrite`` and the
+        folder's parameter ``out_dir``."""
+        where = f"{out_dir} {self.folder!r} {self.problem}"
+        if self.fields:
+            return (f"{where}. Rerun with its arguments to resume it, use another folder, or "
+                    f"pass {overwrite} to delete its shards and start over")
+        return f"{where}; pass {overwrite} to delete them, or use another folder"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (broadcast to other ranks)
+        return type(self), (self.folder, self.problem, self.fields)
+
+
+def make_manifest(bundle: Pretrained, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The contents of run.json: the model's identity, then ``settings`` (num, steps, eta,
+    solver, seed, spacing, class_labels, guidance_scale, shard_size), the seed rule and the
+    ddim version; JSON types only."""
+    _, model_dtype = model_device_dtype(bundle)
+    schedule = bundle.schedule.alphas_cumprod.numpy().astype("<f8").tobytes()
+    manifest = {
+        "format": FORMAT,
+        "model": _model_name(bundle),
+        "weights": _weights_identity(bundle),
+        "model_dtype": str(model_dtype).removeprefix("torch.") if model_dtype else None,
+        "schedule_sha256": hashlib.sha256(schedule).hexdigest(),
+        "prediction_type": bundle.prediction_type,
+        "sample_shape": list(bundle.sample_shape),
+        "data_range": [float(v) for v in bundle.data_range],
+        **settings,
+        "seed_rule": SEED_RULE,
+        "ddim_version": __version__,
+    }
+    return json.loads(json.dumps(manifest))  # as it will read back
+
+
+def run_identity(manifest: Mapping[str, Any]) -> str:
+    """The identity of the run that ``manifest`` (run.json's contents) describes: the sha256
+    (64 hex digits) of its canonical JSON (sorted keys, no spaces), so equal contents give
+    the same identity whatever the layout of the file."""
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """run.json as a dict; None if it does not exist. Raises ValueError if it cannot be
+    read or is not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Write run.json into ``out`` atomically (OSError: see :func:`write_run_file`)."""
+    text = json.dumps(manifest, indent=2) + "\n"
+    write_run_file(out / MANIFEST, lambda p: atomic_write_text(p, text))
+
+
+def write_run_file(path: Path, write: Callable[[Path], Any]) -> None:
+    """Run ``write(path)``, an atomic write of one of the run's files.
+
+    Raises:
+        OSError with the failure's errno, naming the file and saying that no partial file is
+        left and that a rerun with the same arguments resumes.
+    """
+    try:
+        write(path)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; no partial file "
+                                 f"is left and finished shards are kept: {remedy(err)} and "
+                                 "rerun with the same arguments to resume") from err
+
+
+def remedy(err: OSError) -> str:
+    """What to do about a failed write: free space (a full disk or quota), else fix it."""
+    return "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+
+
+def check_same_run(out: Path, old: dict[str, Any] | None, new: dict[str, Any],
+                   has_shards: bool) -> None:
+    """Raise :class:`RunMismatchError` unless folder ``out``, whose run.json reads ``old``
+    (None: none) and which holds shard files if ``has_shards``, can hold the run ``new``:
+    the same run, or no run and no shard files. The message shows each differing entry's two
+    values, from where they first differ when they are long."""
+    if old is None and has_shards:
+        raise RunMismatchError(str(out), f"holds shard files but no {MANIFEST}, so they "
+                                         "cannot be checked")
+    if old is None or old == new:
+        return
+    fields = tuple(k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k))
+    shown = ", ".join("{} ({} there, {} now)".format(k, *contrast(old.get(k), new.get(k)))
+                      for k in fields)
+    raise RunMismatchError(str(out), f"holds another run: its {MANIFEST} differs in {shown}",
+                           fields)
+
+
+def contrast(a: Any, b: Any, width: int = 60) -> tuple[str, str]:
+    """Two JSON values as texts of at most about ``width`` characters that show where they
+    differ: whole when short, else cut around their first difference (``…`` marks a cut), so
+    that two long values never look equal."""
+    ta, tb = json.dumps(a), json.dumps(b)
+    if max(len(ta), len(tb)) <= width:
+        return ta, tb
+    pairs = enumerate(zip(ta, tb, strict=False))
+    first = next((i for i, (x, y) in pairs if x != y), min(len(ta), len(tb)))
+    start = max(0, min(first - width // 3, max(len(ta), len(tb)) - width))
+
+    def cut(text: str) -> str:
+        end = start + width
+        return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+
+    return cut(ta), cut(tb)
+
+
+def _model_name(bundle: Pretrained) -> str:
+    name = bundle.name
+    # a folder: recorded absolute, so that it reads the same from any working directory
+    if name and name not in BUNDLED_MODELS and Path(name).is_dir():
+        return str(Path(name).resolve())
+    return name
+
+
+def _weights_identity(bundle: Pretrained) -> dict[str, Any] | None:
+    """sha256 of the weights file (safetensors or bin), else of the parameters' bytes."""
+    network = getattr(bundle, "model", None)
+    config = getattr(network, "config", None)
+    folder = getattr(config, "_name_or_path", None) if config is not None else None
+    if folder and Path(folder).is_dir():
+        for name in WEIGHT_NAMES:
+            file = Path(folder) / name
+            if file.is_file():
+                digest = hashlib.sha256()
+                with open(file, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                return {"file": name, "sha256": digest.hexdigest()}
+    if isinstance(network, torch.nn.Module):
+        digest = hashlib.sha256()
+        for key, tensor in network.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return {"state_dict_sha256": digest.hexdigest()}
+    return None
