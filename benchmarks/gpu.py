@@ -36,6 +36,7 @@ import torch
 
 import ddim
 from ddim.atomic import atomic_write_text
+from ddim.maths.grids import timesteps
 from ddim.sampling.noise import sample_generators
 
 RESULTS = Path(__file__).parent / "results"
@@ -66,7 +67,7 @@ def methods(model: ddim.Pretrained, batch: int, steps: int, device: str,
     from diffusers import DDIMPipeline, DDIMScheduler
 
     x = torch.randn((batch, *model.sample_shape), device=device)
-    t_rows = [t.expand(batch).to(device) for t in model.schedule.timesteps(steps)]
+    t_rows = [t.expand(batch).to(device) for t in timesteps(model.schedule, steps)]
 
     def bare():
         with torch.inference_mode():

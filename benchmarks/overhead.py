@@ -70,7 +70,8 @@ from pathlib import Path
 import torch
 
 import ddim
-from ddim.maths.multistep import SOLVERS
+from ddim.maths.grids import timesteps
+from ddim.sampling.solvers import SOLVERS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -131,7 +132,7 @@ def make_methods(unet, batch: int, steps: int) -> dict[str, Callable[[], object]
     cfg = unet.config
     shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
     x_fixed = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    grid = ddim.NoiseSchedule.linear().timesteps(steps)  # leading, as DDIMScheduler's default
+    grid = timesteps(ddim.NoiseSchedule.linear(), steps)  # leading, as DDIMScheduler's default
     t_rows = [t.expand(batch).contiguous() for t in grid]
 
     def bare():
@@ -231,7 +232,7 @@ def context_methods(unet, steps: int) -> dict[str, tuple[Callable[[], object], s
     cfg = unet.config
     x = torch.randn((1, cfg.in_channels, cfg.sample_size, cfg.sample_size),
                     generator=torch.Generator().manual_seed(1))
-    t_rows = [t.expand(1).contiguous() for t in ddim.NoiseSchedule.linear().timesteps(steps)]
+    t_rows = [t.expand(1).contiguous() for t in timesteps(ddim.NoiseSchedule.linear(), steps)]
 
     def within(context, fn):
         def call():

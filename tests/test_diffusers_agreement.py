@@ -10,6 +10,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import ddim
+from ddim.maths.grids import timesteps
 from ddim.maths.schedule import NoiseSchedule
 
 
@@ -78,7 +79,7 @@ def test_prev_timestep_comes_from_the_grid_where_diffusers_formula_is_wrong():
     grid point, checked against ddim_step driven by hand with grid-based values.
     """
     s = NoiseSchedule.linear()
-    grid = s.timesteps(10, "linspace")  # 999, 888, ..., 0: T//S = 100 != 111
+    grid = timesteps(s, 10, "linspace")  # 999, 888, ..., 0: T//S = 100 != 111
     assert (grid[:-1] - 100 != grid[1:]).any()
     a = s.alphas_cumprod
     x_T = torch.randn(2, 1, 4, 4, dtype=torch.float64)

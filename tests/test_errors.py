@@ -13,6 +13,7 @@ import torch
 
 import ddim
 from ddim import NoiseSchedule, NonFiniteError
+from ddim.maths.grids import grid_levels, timesteps
 
 T = 1000
 
@@ -67,13 +68,13 @@ def test_bad_steps_invert(steps, exc, pattern, x_T):
 
 @pytest.mark.parametrize(("steps", "exc", "pattern"), STEP_CASES)
 def test_bad_steps_schedule(steps, exc, pattern):
-    _raises(exc, pattern, NoiseSchedule.linear().timesteps, steps)
+    _raises(exc, pattern, timesteps, NoiseSchedule.linear(), steps)
 
 
 def test_steps_range_follows_T():
     _raises(ValueError, r"steps must be an integer in \[1, 10\], got 11",
-            NoiseSchedule.linear(10).timesteps, 11)
-    assert NoiseSchedule.linear(10).timesteps(10).tolist() == list(range(9, -1, -1))
+            timesteps, NoiseSchedule.linear(10), 11)
+    assert timesteps(NoiseSchedule.linear(10), 10).tolist() == list(range(9, -1, -1))
 
 
 # --------------------------------------------------------------------------- eta
@@ -90,14 +91,13 @@ def test_bad_eta(eta, exc, pattern, x_T):
     _raises(exc, pattern, ddim.sample, zeros_model, 3, eta, x_T=x_T)
     _raises(exc, pattern, ddim.sample_iter, zeros_model, 3, eta, x_T=x_T)
     _raises(exc, pattern, ddim.ddim_step, x_T, x_T, 0.5, 0.8, eta, torch.zeros_like(x_T))
-    _raises(exc, pattern, NoiseSchedule.linear().sigma, 10, 5, eta)
 
 
 # --------------------------------------------------------------------------- choices
 @pytest.mark.parametrize(("kwargs", "pattern"), [
     (dict(spacing="uniform"),
-     r"spacing must be one of \('leading', 'trailing', 'linspace', 'quad', 'time_quadratic'\), "
-     r"got 'uniform'"),
+     r"spacing must be one of \('leading', 'trailing', 'linspace', 'quad', 'time_quadratic', "
+     r"'karras', 'kl_optimal', 'log_snr'\), got 'uniform'"),
     (dict(prediction_type="eps"),
      r"prediction_type must be one of \('epsilon', 'sample', 'v_prediction'\), got 'eps'"),
     (dict(final_alpha="zero"), r"final_alpha must be one of \('one', 'first'\), got 'zero'"),
@@ -110,9 +110,9 @@ def test_unknown_choice(kwargs, pattern, x_T):
 
 def test_unknown_choice_in_schedule_methods():
     sched = NoiseSchedule.linear()
-    _raises(ValueError, r"spacing must be one of .*got 'uniform'", sched.timesteps, 3, "uniform")
+    _raises(ValueError, r"spacing must be one of .*got 'uniform'", timesteps, sched, 3, "uniform")
     _raises(ValueError, r"final_alpha must be one of \('one', 'first'\), got 'zero'",
-            sched.alpha_bars, torch.tensor([5, 3]), "zero")
+            grid_levels, sched, torch.tensor([5, 3]), "zero")
 
 
 @pytest.mark.parametrize("spacing", ["trailing", "linspace", "quad"])
@@ -121,7 +121,7 @@ def test_steps_offset_only_with_leading(spacing, x_T):
                rf"spacing='{spacing}'")
     _raises(ValueError, pattern, ddim.sample, zeros_model, 3, x_T=x_T, spacing=spacing,
             steps_offset=1)
-    _raises(ValueError, pattern, NoiseSchedule.linear().timesteps, 3, spacing, steps_offset=1)
+    _raises(ValueError, pattern, timesteps, NoiseSchedule.linear(), 3, spacing, steps_offset=1)
 
 
 def test_steps_offset_out_of_range(x_T):
@@ -137,15 +137,19 @@ def test_steps_offset_out_of_range(x_T):
 def test_leading_offset_grid_leaves_range(x_T):
     pattern = (r"spacing='leading' with steps_offset=1 puts the last of 1000 steps at t=1000, "
                r"outside \[0, 999\]; use steps <= 999")
-    _raises(ValueError, pattern, NoiseSchedule.linear().timesteps, 1000, "leading",
+    _raises(ValueError, pattern, timesteps, NoiseSchedule.linear(), 1000, "leading",
             steps_offset=1)
     _raises(ValueError, pattern, ddim.sample, zeros_model, 1000, x_T=x_T, steps_offset=1,
             spacing="leading")
     # one step fewer fits: the grid ends at T-1
-    assert NoiseSchedule.linear().timesteps(999, "leading", steps_offset=1)[0].item() == 999
+    assert timesteps(NoiseSchedule.linear(), 999, "leading", steps_offset=1)[0].item() == 999
 
 
 # --------------------------------------------------------------------------- explicit timesteps
+INTEGERS = (r"timesteps must be a 1-D sequence or array of integers \(a list, tuple, numpy array "
+            r"or tensor\)")
+
+
 @pytest.mark.parametrize(("ts", "exc", "pattern"), [
     ([10, 20, 5], ValueError,
      r"timesteps must be strictly decreasing.*not strictly decreasing at positions 0,1: 10, 20"),
@@ -153,17 +157,24 @@ def test_leading_offset_grid_leaves_range(x_T):
      r"timesteps must be strictly decreasing.*duplicated at positions 1,2: 10, 10"),
     ([5, -1], ValueError, r"timesteps must lie in \[0, 999\], got \[5, -1\]"),
     ([1000, 5], ValueError, r"timesteps must lie in \[0, 999\], got \[1000, 5\]"),
-    ([10.5, 5.0], TypeError, r"timesteps must be integers, got \[10\.5, 5\.0\]"),
-    (torch.tensor([9.0, 4.25]), TypeError, r"timesteps must be integers, got \[9\.0, 4\.25\]"),
-    ([], ValueError, r"timesteps must be a non-empty 1-D sequence, got shape \(0,\)"),
-    ([[10, 5], [4, 3]], ValueError, r"timesteps must be a non-empty 1-D sequence, "
-                                    r"got shape \(2, 2\)"),
+    ([10.5, 5.0], TypeError, INTEGERS + r", got \[10\.5, 5\.0\] \(dtype float64\)"),
+    (torch.tensor([9.0, 4.25]), TypeError, INTEGERS + r", got \[9\.0, 4\.25\] \(dtype float32\)"),
+    ([], ValueError, r"timesteps must hold at least one timestep, got an empty sequence"),
+    ([[10, 5], [4, 3]], TypeError, INTEGERS + r", got an array of shape \(2, 2\)"),
 ])
 def test_bad_explicit_timesteps(ts, exc, pattern, x_T):
     _raises(exc, pattern, ddim.sample, zeros_model, x_T=x_T, timesteps=ts)
     _raises(exc, pattern, ddim.sample_iter, zeros_model, x_T=x_T, timesteps=ts)
     _raises(exc, pattern, ddim.invert, zeros_model, x_T, timesteps=ts)
-    _raises(exc, pattern, NoiseSchedule.linear().timesteps, ts)
+    _raises(exc, pattern, timesteps, NoiseSchedule.linear(), ts)
+
+
+@pytest.mark.parametrize(("ts", "shown"), [(900, "900"), ("900 500", "'900 500'"),
+                                           ({900: 1}, "{900: 1}")])
+def test_a_number_or_a_text_is_not_a_grid(ts, shown, x_T):
+    for call in (ddim.sample, ddim.sample_iter):
+        _raises(TypeError, INTEGERS + ", got " + re.escape(shown), call, zeros_model, x_T=x_T,
+                timesteps=ts)
 
 
 def test_whole_float_timesteps_are_accepted(x_T):
@@ -279,7 +290,7 @@ def test_model_output_wrong_shape(out_shape, x_T):
     def model(x, t):
         return torch.zeros(out_shape)
 
-    grid = NoiseSchedule.linear().timesteps(3).tolist()
+    grid = timesteps(NoiseSchedule.linear(), 3).tolist()
     shp = ", ".join(map(str, out_shape))
     pattern = (rf"model output at step 0 \(t={grid[0]}\) has shape \({shp}\), expected the "
                r"input's shape \(2, 1, 2, 2\)")
@@ -290,7 +301,7 @@ def test_model_output_wrong_shape(out_shape, x_T):
 
 
 def test_model_output_wrong_shape_at_later_step(x_T):
-    grid = NoiseSchedule.linear().timesteps(4, "trailing").tolist()
+    grid = timesteps(NoiseSchedule.linear(), 4, "trailing").tolist()
     k = 2
 
     def model(x, t):
@@ -346,7 +357,7 @@ def test_model_returning_tuple_or_sample_object_is_accepted(x_T):
 @pytest.mark.parametrize("k", [0, 2, 4])
 def test_non_finite_output_at_step_k(bad, k, x_T):
     steps = 5
-    grid = NoiseSchedule.linear().timesteps(steps).tolist()
+    grid = timesteps(NoiseSchedule.linear(), steps).tolist()
     calls = []
 
     def model(x, t):
@@ -371,7 +382,7 @@ def test_non_finite_output_at_step_k(bad, k, x_T):
 
 
 def test_non_finite_output_first_step_is_named(x_T):
-    grid = NoiseSchedule.linear().timesteps(5).tolist()
+    grid = timesteps(NoiseSchedule.linear(), 5).tolist()
 
     def model(x, t):  # NaN at steps 1 and 3: the first one is named
         return torch.full_like(x, math.nan) if int(t[0]) in (grid[1], grid[3]) else \
@@ -382,7 +393,7 @@ def test_non_finite_output_first_step_is_named(x_T):
 
 
 def test_non_finite_output_in_invert_names_t(x_T):
-    grid = NoiseSchedule.linear().timesteps(5).tolist()
+    grid = timesteps(NoiseSchedule.linear(), 5).tolist()
 
     def model(x, t):
         return torch.full_like(x, math.nan) if int(t[0]) == grid[1] else torch.zeros_like(x)
@@ -539,11 +550,9 @@ def test_schedule_argument_must_be_a_schedule(x_T):
             ddim.sample, zeros_model, 3, x_T=x_T, schedule=[0.9, 0.5])
 
 
-def test_sigma_bad_timesteps():
-    sched = NoiseSchedule.linear()
-    _raises(ValueError, r"t_prev must be smaller than t, got t=5, t_prev=10", sched.sigma, 5, 10)
+def test_alpha_bar_bad_timesteps():
     _raises(ValueError, r"timesteps must lie in \[-1, 999\], got \[1000, 5\]",
-            sched.sigma, 1000, 5)
+            NoiseSchedule.linear().alpha_bar, [1000, 5])
 
 
 # --------------------------------------------------------------------------- x0 processing

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import ddim
-from ddim.maths.grids import SPACINGS
+from ddim.maths.grids import SPACINGS, grid_levels, timesteps
 from ddim.testing import GaussianMixture
 
 F64 = torch.float64
@@ -62,7 +62,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _first_alpha(schedule: ddim.NoiseSchedule, steps, spacing: str = "leading") -> float:
-    return float(schedule.alpha_bar(int(schedule.timesteps(steps, spacing)[0])))
+    return float(schedule.alpha_bar(int(timesteps(schedule, steps, spacing)[0])))
 
 
 def _noised(x0: torch.Tensor, alpha_bar: float, gen: torch.Generator) -> torch.Tensor:
@@ -105,8 +105,8 @@ def test_the_true_noise_returns_x0_exactly(spacing, steps, final_alpha):
     gen = _gen(steps)
     x0 = 2 * torch.randn(6, 3, generator=gen, dtype=F64)
     eps = torch.randn(6, 3, generator=gen, dtype=F64)
-    grid = SCHED.timesteps(steps, spacing)
-    a_t, a_prev = SCHED.alpha_bars(grid, final_alpha)
+    grid = timesteps(SCHED, steps, spacing)
+    a_t, a_prev = grid_levels(SCHED, grid, final_alpha)
     x_T = a_t[0].sqrt() * x0 + (1 - a_t[0]).sqrt() * eps
     seen = []
 

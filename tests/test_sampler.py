@@ -5,7 +5,7 @@ import torch
 
 import ddim
 from ddim import NoiseSchedule
-from ddim.maths.grids import SPACINGS
+from ddim.maths.grids import SPACINGS, timesteps
 
 
 class Recorder:
@@ -25,7 +25,7 @@ def test_recorded_calls_match_the_grid(spacing, steps):
     rec = Recorder()
     x_T = torch.randn(3, 2, 4, 4)
     ddim.sample(rec, steps, x_T=x_T, spacing=spacing)
-    grid = NoiseSchedule.linear().timesteps(steps, spacing)
+    grid = timesteps(NoiseSchedule.linear(), steps, spacing)
     assert len(rec.calls) == steps
     for (t, device, dtype), expected in zip(rec.calls, grid.tolist(), strict=True):
         assert t.dtype == torch.int64 and t.shape == (3,) and device == x_T.device
@@ -84,7 +84,7 @@ def test_callback_and_iterator_see_every_step():
     seen = []
     steps = list(ddim.sample_iter(Recorder(), 5, x_T=torch.randn(1, 1, 2, 2),
                                   callback=lambda i, t, x, x0: seen.append((i, t, x.shape))))
-    grid = NoiseSchedule.linear().timesteps(5).tolist()
+    grid = timesteps(NoiseSchedule.linear(), 5).tolist()
     assert [(s.index, s.t) for s in steps] == list(enumerate(grid))
     assert [(i, t) for i, t, _ in seen] == list(enumerate(grid))
     assert torch.equal(steps[-1].sample, steps[-1].pred_x0)  # ᾱ_prev=1: the last step is x̂0
@@ -162,7 +162,7 @@ def test_invert_then_sample_round_trip_with_true_eps():
     eps = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     x0 = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     x_T = ddim.invert(lambda x, t: eps, x0, 20)
-    grid = s.timesteps(20)
+    grid = timesteps(s, 20)
     a_T = s.alphas_cumprod[grid[0]]
     torch.testing.assert_close(x_T, a_T.sqrt() * x0 + (1 - a_T).sqrt() * eps,
                                rtol=0, atol=1e-12)
@@ -173,7 +173,7 @@ def test_invert_then_sample_round_trip_with_true_eps():
 def test_invert_evaluates_the_decoder_timesteps():
     rec = Recorder()
     ddim.invert(rec, torch.randn(1, 1, 2, 2), 5, spacing="trailing")
-    grid = NoiseSchedule.linear().timesteps(5, "trailing").tolist()
+    grid = timesteps(NoiseSchedule.linear(), 5, "trailing").tolist()
     assert [c[0].item() for c in rec.calls] == grid[::-1]
 
 
@@ -313,6 +313,7 @@ def test_looking_at_the_steps_does_not_change_the_samples(ptype, options):
 def test_setup_is_memoised_but_never_shared_mutably():
     # the per-step numbers of a (schedule, S, spacing, η, ...) setup are computed once; the
     # schedule hashes by value, so an equal schedule built anew hits the same entry
+    from ddim.maths.grids import GridSpec
     from ddim.sampling.plan import step_table
 
     x_T = torch.randn(2, 1, 4, 4)
@@ -333,9 +334,9 @@ def test_setup_is_memoised_but_never_shared_mutably():
                         spacing="trailing")
     assert step_table.cache_info().hits >= hits + 2
     assert torch.equal(first, again)
-    assert [c[0][0].item() for c in rec.calls] == NoiseSchedule.linear().timesteps(
+    assert [c[0][0].item() for c in rec.calls] == timesteps(NoiseSchedule.linear(),
         13, "trailing").tolist()
-    table = step_table(NoiseSchedule.linear(), ("spaced", 13, "trailing", 0), "ddim", "one", 0.3,
+    table = step_table(NoiseSchedule.linear(), GridSpec(13, "trailing"), "ddim", "one", 0.3,
                        False, "epsilon", True)
     assert all(isinstance(v, tuple) for v in (table.grid, table.alpha_bar_t, table.coefficients))
     # other settings are other entries

@@ -15,6 +15,7 @@ from ddim.maths.ddim_step import (
     process_x0,
     step_coefficients,
 )
+from ddim.maths.grids import grid_levels, timesteps
 
 F64 = dict(dtype=torch.float64)
 
@@ -36,7 +37,7 @@ def test_eta0_step_is_euler_step_of_probability_flow_ode(a_t, a_prev):
 def test_eta1_consecutive_steps_give_ddpm_posterior_variance_everywhere():
     s = ddim.NoiseSchedule.linear()
     a, beta = s.alphas_cumprod, s.betas
-    a_t, a_prev = s.alpha_bars(s.timesteps(1000))
+    a_t, a_prev = grid_levels(s, timesteps(s, 1000))
     sigma2 = ddim_sigma(a_t, a_prev, 1.0) ** 2
     t = torch.arange(999, -1, -1)
     a_prev_ddpm = torch.cat([torch.ones(1, **F64), a[:-1]])[t]
@@ -63,7 +64,7 @@ def test_eta1_mean_is_ddpm_posterior_mean():
 def test_true_eps_recovers_x0_exactly(spacing, steps):
     s = ddim.NoiseSchedule.linear()
     x0, eps = _rand(3, 2, 4, 4), _rand(3, 2, 4, 4, seed=5)
-    grid = s.timesteps(steps, spacing)
+    grid = timesteps(s, steps, spacing)
     a_T = s.alphas_cumprod[grid[0]]
     x_T = a_T.sqrt() * x0 + (1 - a_T).sqrt() * eps
     out = ddim.sample(lambda x, t: eps, steps, x_T=x_T, spacing=spacing)
@@ -164,7 +165,7 @@ def test_fused_step_equals_the_x0_form(ptype, a_t, a_prev, eta):
 def test_fused_coefficients_vectorise_over_steps():
     # once per sampling call, for the whole grid, in float64
     s = ddim.NoiseSchedule.linear()
-    a_t, a_prev = s.alpha_bars(s.timesteps(20), "one")
+    a_t, a_prev = grid_levels(s, timesteps(s, 20), "one")
     coefficients = step_coefficients(a_t, a_prev, 0.3)
     a_x, a_out = fused_coefficients(a_t, coefficients, "epsilon")
     assert a_x.dtype == torch.float64 and a_x.shape == (20,)

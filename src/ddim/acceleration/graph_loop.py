@@ -24,13 +24,11 @@ device than CUDA, a capture that fails) is run by the eager loop instead, with a
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
 
 from ..sampling.model_contract import OutputProbe
 from ..sampling.plan import Plan
-from ..sampling.steppers import draws_noise
 
 
 class StaticLoop:
@@ -40,8 +38,7 @@ class StaticLoop:
         self.plan = plan  # kept alive: a graph reads its t grid and conditioning
         x = plan.x
         self.x = torch.empty_like(x)
-        steps = len(plan.grid)
-        self.draws = sum(1 for i in range(steps) if _noisy(plan.table.coefficients[i]))
+        self.draws = sum(1 for c in plan.table.coefficients if c.noise_scale > 0)
         self.noise = x.new_empty((self.draws, *x.shape)) if self.draws else None
         self.probe = OutputProbe(plan.grid, x.device, x.dtype)
         self.out: torch.Tensor | None = None
@@ -146,6 +143,3 @@ class LoopGraphs:
             warnings.warn(f"ddim.accelerate: graph_loop is not used ({reason}); running the "
                           "sampling loop step by step", RuntimeWarning, stacklevel=4)
 
-
-def _noisy(c: Any) -> bool:
-    return draws_noise((c,))

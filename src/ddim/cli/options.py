@@ -23,9 +23,9 @@ from typing import Any
 
 from ..loading.pretrained import BUNDLED_MODELS
 from ..maths.grids import DEFAULT_SPACING, SPACINGS
-from ..maths.multistep import SOLVERS
 from ..sampling.guidance import NULL_LABEL
 from ..sampling.options import DEFAULT_STEPS
+from ..sampling.solvers import SOLVER_NAMES, solver_help
 
 COMMANDS = frozenset({"sample", "eval", "generate", "invert", "inpaint", "img2img"})
 
@@ -112,10 +112,9 @@ OPTIONS: tuple[Option, ...] = (
            dict(type=positive_int, default=DEFAULT_STEPS), keyword="steps"),
     Option("--eta", "η >= 0: 0 deterministic DDIM, 1 DDPM-like",
            dict(type=number_in(0.0), default=0.0), _SOLVED, keyword="eta"),
-    Option("--solver", "the update after each model call: ddim (the paper's, any η); "
-           "dpmpp_2m, dpmpp_3m, unipc (multistep ODE solvers: fewer steps for the same "
-           "quality, η must be 0); dpmpp_2m_sde (stochastic multistep)",
-           dict(choices=SOLVERS, default="ddim"), _SOLVED, keyword="solver"),
+    Option("--solver", f"the update after each model call (η > 0 is ddim's only): "
+           f"{solver_help()}", dict(choices=SOLVER_NAMES, default="ddim"), _SOLVED,
+           keyword="solver"),
     Option("--spacing", "where the steps go: trailing starts at T-1 for every step count; "
            "leading is the paper's uniform grid",
            dict(choices=SPACINGS, default=DEFAULT_SPACING), keyword="spacing"),

@@ -10,11 +10,17 @@ Code name            paper symbol
 ``pred_eps``         ε̂ = ε_θ(x_t, t)
 ``prev_sample``      x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1-ᾱ_prev-σ_t²)·ε̂ + σ_t·z    (eq. 12)
 ``c_x0, c_eps``      sqrt(ᾱ_prev) and sqrt(1-ᾱ_prev-σ_t²): eq. 12 as x_prev = c_x0·x̂0 +
-``c_noise``          c_eps·ε̂ + c_noise·z, with c_noise = σ_t
-``a_x, a_out``       eq. 12 with x̂0 and ε̂ substituted: x_prev = a_x·x_t + a_out·out + c_noise·z
+``noise_scale``      c_eps·ε̂ + noise_scale·z, with noise_scale = σ_t (σ̂_t for the σ̂ variant)
+``a_x, a_out``       the fused form: x_prev = a_x·x_t + a_out·out + noise_scale·z
+-------------------  ------------------------------------------------------------
 
-Run "upwards" (``alpha_bar_prev`` > ... i.e. a lower signal level than ``alpha_bar_t``) with
-η=0 the same formula is the DDIM inversion step.
+Why the fused form is eq. 12: for every prediction type x̂0 and ε̂ are linear in (x_t, out)
+(:func:`ddim.maths.prediction.output_coefficients`), so c_x0·x̂0 + c_eps·ε̂ is one linear
+combination a_x·x_t + a_out·out. The sampler applies it in two kernels; for ε-prediction with
+η=0 it is the Euler step of the probability-flow ODE in (x/sqrt(ᾱ), sqrt(1-ᾱ)/sqrt(ᾱ)).
+
+Run "upwards" (``alpha_bar_prev`` a lower signal level than ``alpha_bar_t``) with η=0 the same
+formula is the DDIM inversion step.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from .prediction import (
     expand_level,
     output_coefficients,
     predict_x0_eps,
+    refuse_zero_snr_epsilon,
     sqrt,
 )
 from .thresholding import ClipSample, process_x0
@@ -44,19 +51,32 @@ class StepOutput(NamedTuple):
     pred_eps: torch.Tensor
 
 
-class StepCoefficients(NamedTuple):
-    """Eq. 12 as x_prev = c_x0·x̂0 + c_eps·ε̂ + c_noise·z (floats, or float64 tensors)."""
+class Eq12Coefficients(NamedTuple):
+    """Eq. 12 as x_prev = c_x0·x̂0 + c_eps·ε̂ + noise_scale·z (floats, or float64 tensors)."""
 
     c_x0: Scalar
     c_eps: Scalar
-    c_noise: Scalar
+    noise_scale: Scalar
 
 
 class FusedCoefficients(NamedTuple):
-    """Eq. 12 with x̂0, ε̂ substituted: x_prev = a_x·x_t + a_out·out (+ c_noise·z)."""
+    """Eq. 12 with x̂0, ε̂ substituted: x_prev = a_x·x_t + a_out·out (+ noise_scale·z)."""
 
     a_x: Scalar
     a_out: Scalar
+
+
+class DDIMCoefficients(NamedTuple):
+    """One DDIM step of a grid, as Python floats: eq. 12 (c_x0, c_eps, noise_scale) and its
+    fused form (a_x, a_out); ``fused`` False where the step must form x̂0 itself (x̂0 is
+    processed, or the step returns x̂0 exactly)."""
+
+    c_x0: float
+    c_eps: float
+    noise_scale: float
+    a_x: float
+    a_out: float
+    fused: bool
 
 
 def ddim_sigma(alpha_bar_t: Scalar, alpha_bar_prev: Scalar, eta: float) -> Scalar:
@@ -112,12 +132,40 @@ def ddpm_sigma_hat(alpha_bar_t: Scalar, alpha_bar_prev: Scalar) -> Scalar:
     return math.sqrt(max(1 - a_t / a_p, 0.0)) if a_p < 1 else 0.0
 
 
+def check_eta_fits(eta: float, alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor,
+                   grid: torch.Tensor | None = None) -> None:
+    """Refuse an η whose noise σ_t(η)² would exceed 1-ᾱ_prev, the whole variance of the next
+    level, at some step (η <= 1 always fits; see :func:`max_eta`).
+
+    Args:
+        eta: η >= 0.
+        alpha_bar_t, alpha_bar_prev: float64 tensors of shape (S,) (or ()).
+        grid: the timesteps (S,), named in the message when given.
+
+    Raises:
+        ValueError: naming η, the step and the largest η the levels allow.
+    """
+    if eta <= 1:
+        return
+    limit = max_eta(torch.as_tensor(alpha_bar_t, dtype=torch.float64).reshape(-1),
+                    torch.as_tensor(alpha_bar_prev, dtype=torch.float64).reshape(-1))
+    if eta <= float(limit.min()) * (1 + 1e-12):
+        return
+    i = int(limit.argmin())
+    where = f"at step {i} (t={int(grid[i])})" if grid is not None else f"at step {i}"
+    raise ValueError(
+        f"eta={eta:g} is too large for this grid: {where} its noise σ_t² would exceed "
+        f"1-ᾱ_prev, the whole variance of the next level; the largest eta this grid allows is "
+        f"{float(limit.min()):.6g} (the paper's η lies in [0, 1]; sigma_hat=True gives DDPM's "
+        "larger variance)")
+
+
 def step_coefficients(
     alpha_bar_t: Scalar, alpha_bar_prev: Scalar, eta: float = 0.0, *, sigma_hat: bool = False
-) -> StepCoefficients:
-    """(c_x0, c_eps, c_noise) with x_prev = c_x0·x̂0 + c_eps·ε̂ + c_noise·z (eq. 12).
+) -> Eq12Coefficients:
+    """(c_x0, c_eps, noise_scale) with x_prev = c_x0·x̂0 + c_eps·ε̂ + noise_scale·z (eq. 12).
 
-    c_x0 = sqrt(ᾱ_prev); c_eps = sqrt(1-ᾱ_prev-σ_t(η)²); c_noise = σ_t(η) (eq. 16).
+    c_x0 = sqrt(ᾱ_prev); c_eps = sqrt(1-ᾱ_prev-σ_t(η)²); noise_scale = σ_t(η) (eq. 16).
     With ``sigma_hat`` (the paper's σ̂ rows): the mean is the η=1 mean, which is the DDPM
     posterior mean μ̃(x_t, x̂0) of the skipping process, and the noise is σ̂_t·z
     (:func:`ddpm_sigma_hat`), larger than σ_t(1); ``eta`` is then ignored. Works on floats
@@ -127,10 +175,10 @@ def step_coefficients(
     sig_noise = ddpm_sigma_hat(alpha_bar_t, alpha_bar_prev) if sigma_hat else sig_dir
     if isinstance(sig_dir, torch.Tensor):
         a_p = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
-        return StepCoefficients(a_p.sqrt(), (1 - a_p - sig_dir**2).clamp(min=0).sqrt(),
+        return Eq12Coefficients(a_p.sqrt(), (1 - a_p - sig_dir**2).clamp(min=0).sqrt(),
                                 sig_noise)
     a_p = float(alpha_bar_prev)
-    return StepCoefficients(math.sqrt(a_p), math.sqrt(max(1 - a_p - sig_dir**2, 0.0)), sig_noise)
+    return Eq12Coefficients(math.sqrt(a_p), math.sqrt(max(1 - a_p - sig_dir**2, 0.0)), sig_noise)
 
 
 def fused_coefficients(
@@ -152,6 +200,22 @@ def fused_coefficients(
     c_x0, c_eps, _ = coefficients
     return FusedCoefficients(a_x=c_x0 * o.x0_x + c_eps * o.eps_x,
                              a_out=c_x0 * o.x0_out + c_eps * o.eps_out)
+
+
+def ddim_coefficients(alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float,
+                      sigma_hat: bool, prediction_type: str,
+                      fuse: bool) -> tuple[DDIMCoefficients, ...]:
+    """The coefficients of every DDIM step of a grid, from its float64 levels of shape (S,).
+
+    ``fuse`` is False when x̂0 is processed: then no step uses the fused form. The last step
+    onto ᾱ_prev = 1 without noise returns x̂0 exactly and is never fused.
+    """
+    c = step_coefficients(alpha_bar_t, alpha_bar_prev, eta, sigma_hat=sigma_hat)
+    a_x, a_out = fused_coefficients(alpha_bar_t, c, prediction_type)
+    returns_x0 = (alpha_bar_prev == 1) & (c.noise_scale == 0)  # x_prev = x̂0 exactly
+    return tuple(DDIMCoefficients(*values, fuse and not last) for *values, last in zip(
+        c.c_x0.tolist(), c.c_eps.tolist(), c.noise_scale.tolist(), a_x.tolist(),
+        a_out.tolist(), returns_x0.tolist(), strict=True))
 
 
 def ddim_step(
@@ -202,22 +266,15 @@ def ddim_step(
     for name, value in (("alpha_bar_t", alpha_bar_t), ("alpha_bar_prev", alpha_bar_prev)):
         if not isinstance(value, torch.Tensor) and not 0 <= float(value) <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    if prediction_type == "epsilon" and not isinstance(alpha_bar_t, torch.Tensor) and (
-            float(alpha_bar_t) == 0):
-        raise ValueError("alpha_bar_t = 0 (zero terminal SNR) cannot be used with "
-                         "prediction_type='epsilon': x0 = (x - sqrt(1-ᾱ)ε)/sqrt(ᾱ) divides by 0")
+    refuse_zero_snr_epsilon(prediction_type, torch.as_tensor(alpha_bar_t))
     if model_output.shape != x_t.shape:
         raise ValueError(f"model_output must have x_t's shape {tuple(x_t.shape)}, "
                          f"got {tuple(model_output.shape)}")
-    if not sigma_hat and eta > 1:
-        limit = float(max_eta(torch.as_tensor(alpha_bar_t, dtype=torch.float64).reshape(-1),
-                              torch.as_tensor(alpha_bar_prev, dtype=torch.float64).reshape(-1)
-                              ).min())
-        if eta > limit * (1 + 1e-12):
-            raise ValueError(f"eta={eta:g} makes σ_t² exceed 1-ᾱ_prev for these levels; the "
-                             f"largest eta they allow is {limit:.6g}")
+    if not sigma_hat:
+        check_eta_fits(eta, torch.as_tensor(alpha_bar_t, dtype=torch.float64),
+                       torch.as_tensor(alpha_bar_prev, dtype=torch.float64))
     coefficients = step_coefficients(alpha_bar_t, alpha_bar_prev, eta, sigma_hat=sigma_hat)
-    if _positive(coefficients[2]):
+    if _positive(coefficients.noise_scale):
         if noise is None:
             raise ValueError("noise is required when the step's noise scale σ_t > 0 "
                              f"(eta={eta}, sigma_hat={sigma_hat})")
@@ -243,14 +300,14 @@ def apply_step(
     dynamic_threshold_max: float = 1.0,
     rederive_eps: bool = False,
 ) -> StepOutput:
-    """:func:`ddim_step` with precomputed (c_x0, c_eps, c_noise) and no argument checks.
+    """:func:`ddim_step` with precomputed (c_x0, c_eps, noise_scale) and no argument checks.
 
-    x_prev = c_x0·x̂0 + c_eps·ε̂ + c_noise·z (eq. 12, see :func:`step_coefficients`). The
+    x_prev = c_x0·x̂0 + c_eps·ε̂ + noise_scale·z (eq. 12, see :func:`step_coefficients`). The
     sampler loop calls this with coefficients computed once per sampling call; ``noise`` is
-    read only when c_noise > 0 (and must then be given).
+    read only when noise_scale > 0 (and must then be given).
 
     Raises:
-        ValueError: c_noise > 0 and no noise given.
+        ValueError: noise_scale > 0 and no noise given.
     """
     dtype = torch.promote_types(x_t.dtype, torch.float32)
     x_t, model_output = x_t.to(dtype), model_output.to(dtype)
@@ -269,7 +326,7 @@ def apply_step(
         prev = torch.add(pred_x0 * c_x0, pred_eps, alpha=c_eps)
     if _positive(c_noise):
         if noise is None:
-            raise ValueError("noise is required when the step's noise scale c_noise > 0")
+            raise ValueError("noise is required when the step's noise scale is > 0")
         if isinstance(c_noise, torch.Tensor):
             prev = prev + expand_level(c_noise, x_t) * noise.to(dtype)
         else:

@@ -3,110 +3,146 @@
 The DDIM paper samples on a sub-sequence τ of [0, T) (section 4.2). How the S points are
 placed matters most when S is small: a grid that does not start near T-1 never starts from
 (almost) pure noise (diffusers issues 5921 and 8730; Lin et al. 2023, "Common diffusion noise
-schedules and sample steps are flawed", Table 2 names the spacings used here).
+schedules and sample steps are flawed", Table 2 names the first three spacings here).
+
+Here: the checked entry points (:func:`grid_spec`, :func:`timesteps`), explicit grids and
+the levels along a grid. The spacings themselves (:mod:`ddim.maths.spacings`) come in two
+families, each giving exactly S distinct integer timesteps for every S in [1, T]: in time
+(``trailing``, the default, ``leading``, ``linspace``, ``quad``, ``time_quadratic``) and in
+the noise level σ (``karras``, ``kl_optimal``, ``log_snr``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from fractions import Fraction
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
+from .schedule import NoiseSchedule
+from .spacings import SIGMA_SPACINGS, TIME_SPACINGS, sigma_timesteps, time_timesteps
 
-SPACINGS = ("leading", "trailing", "linspace", "quad", "time_quadratic")
+SPACINGS = TIME_SPACINGS + SIGMA_SPACINGS
 DEFAULT_SPACING = "trailing"  # starts at T-1 for every S: never from a level far below noise
+FINAL_ALPHAS = ("one", "first")
 
 
-def spaced_timesteps(steps: int, T: int, spacing: str = DEFAULT_SPACING,
-                     steps_offset: int = 0) -> torch.Tensor:
-    """S timesteps of [0, T) placed by ``spacing``: exactly S distinct ones, decreasing.
+@dataclass(frozen=True)
+class GridSpec:
+    """What determines a grid, checked against a schedule of T steps (:func:`grid_spec`).
+
+    ``timesteps`` (explicit, used as given) or ``steps`` S placed by ``spacing`` with
+    ``steps_offset`` (``leading`` only). Immutable and hashable: the plan memoises per spec.
+    """
+
+    steps: int
+    spacing: str | None = None
+    steps_offset: int = 0
+    timesteps: tuple[int, ...] | None = None
+
+
+def grid_spec(steps: int | None, spacing: str | None, steps_offset: int | None,
+              timesteps: Any, T: int, default_steps: int = 50) -> GridSpec:
+    """The :class:`GridSpec` of a call's grid arguments, every rule checked here, once.
 
     Args:
-        steps: S, an integer in [1, T].
-        T: the number of training timesteps.
-        spacing: how to place S points in [0, T):
-
-            - ``leading``: the paper's uniform grid ``i·(T//S) + steps_offset``, i < S
-              (starts at T - T//S: for 10 steps at t=900, for 1 step at t=0).
-            - ``trailing`` (the default): ``round(T - i·T/S) - 1``, starting at T-1 (pure-ish
-              noise) whatever S is; with few steps the others start far below it.
-            - ``linspace``: ``round(i·(T-1)/(S-1))`` from 0 to T-1.
-            - ``quad``: the paper's CIFAR10 grid ``floor((i·sqrt(0.8T)/(S-1))²)``, computed
-              exactly (floating point can give 799 for the last point). Where the parabola is
-              flatter than one step per point its integers repeat; each repeat is moved up to
-              one more than its predecessor (and, where S > 0.8T, points are capped from the
-              top at T-1, T-2, ...) so that the count is exactly S and the grid keeps the
-              parabola everywhere it is steeper than 1.
-
-            - ``time_quadratic``: ``t_min + (T-1-t_min)·(1 - i/(S-1))²`` rounded, from T-1 down
-              to t_min = round(T/100): quadratic in time, dense near the data (the idea of
-              DPM-Solver's "time_quadratic" steps, Lu et al. 2022). With the multistep solvers
-              at 4-10 model calls it beats ``trailing`` by far (benchmarks/solvers.py); where
-              the low end is too crowded for S distinct points they are pushed apart.
-
-            Rounding is exact (rational arithmetic, halves to even as numpy does).
-        steps_offset: added to every ``leading`` point (diffusers' ``steps_offset``; Stable
-            Diffusion uses 1), in [0, T-1]. Only for ``leading``.
-
-    Returns:
-        int64 CPU tensor of shape (S,), strictly decreasing, values in [0, T).
+        steps: S in [1, T] (None: ``default_steps``, or the number of explicit timesteps).
+        spacing: one of :data:`SPACINGS` (None: ``trailing``).
+        steps_offset: the ``leading`` grid's shift in [0, T-1] (None: 0).
+        timesteps: an explicit grid (see :func:`explicit_timesteps`), or None.
+        T: the schedule's number of training steps.
 
     Raises:
-        TypeError / ValueError naming ``steps``, ``spacing`` or ``steps_offset``.
+        TypeError / ValueError naming the argument: a bad S, spacing, offset or grid; a
+        spacing or offset next to explicit timesteps (they would be ignored); S that differs
+        from the number of explicit timesteps; an offset with a spacing other than leading.
     """
-    S = check_int("steps", steps, low=1, high=T)
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    offset = check_int("steps_offset", steps_offset, low=0, high=T - 1)
+    if timesteps is not None:
+        refuse_with_explicit_grid(spacing, steps_offset)
+        grid = tuple(explicit_timesteps(timesteps, T).tolist())
+        if steps is not None and check_int("steps", steps, low=1) != len(grid):
+            raise ValueError(f"steps={steps} contradicts the {len(grid)} explicit timesteps; "
+                             "pass one of them")
+        return GridSpec(len(grid), timesteps=grid)
+    S = check_int("steps", default_steps if steps is None else steps, low=1, high=T)
+    spacing = check_choice("spacing", DEFAULT_SPACING if spacing is None else spacing,
+                           SPACINGS)
+    offset = check_int("steps_offset", 0 if steps_offset is None else steps_offset, low=0,
+                       high=T - 1)
     if offset and spacing != "leading":
         raise ValueError(f"steps_offset applies to spacing='leading' only, got "
                          f"steps_offset={offset} with spacing={spacing!r}")
-    if spacing == "leading":
-        ratio = T // S
-        grid = [i * ratio + offset for i in range(S)]
-        if grid[-1] > T - 1:
-            raise ValueError(
-                f"spacing='leading' with steps_offset={offset} puts the last of {S} steps at "
-                f"t={grid[-1]}, outside [0, {T - 1}]; use steps <= {T - offset} or "
-                "steps_offset=0"
-            )
-    elif spacing == "trailing":
-        grid = [round(Fraction(T * (S - i), S)) - 1 for i in range(S)][::-1]
-    elif spacing == "linspace":
-        grid = [0] if S == 1 else [round(Fraction(i * (T - 1), S - 1)) for i in range(S)]
-    elif spacing == "quad":
-        grid = [0] if S == 1 else [
-            math.floor(Fraction(4 * T * i * i, 5 * (S - 1) ** 2)) for i in range(S)]
-        grid = _make_strict(grid, T)
-    else:  # time_quadratic: i-th point from the end, increasing
-        t_min = round(Fraction(T, 100))
-        grid = [T - 1] if S == 1 else [
-            round(t_min + Fraction((T - 1 - t_min) * i * i, (S - 1) ** 2)) for i in range(S)]
-        grid = _make_strict(grid, T)
-    return torch.tensor(grid[::-1], dtype=torch.int64)
+    if spacing == "leading" and (S - 1) * (T // S) + offset > T - 1:
+        raise ValueError(
+            f"spacing='leading' with steps_offset={offset} puts the last of {S} steps at "
+            f"t={(S - 1) * (T // S) + offset}, outside [0, {T - 1}]; use steps <= "
+            f"{T - offset} or steps_offset=0")
+    return GridSpec(S, spacing, offset)
 
 
-def explicit_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch.Tensor:
-    """A grid given as a sequence, checked: strictly decreasing integers in [0, T).
+def grid_timesteps(schedule: NoiseSchedule, spec: GridSpec) -> torch.Tensor:
+    """The grid of ``spec`` (checked by :func:`grid_spec`) on ``schedule``: an int64 CPU
+    tensor of shape (S,), strictly decreasing, values in [0, T)."""
+    if spec.timesteps is not None:
+        return torch.tensor(spec.timesteps, dtype=torch.int64)
+    if spec.spacing in SIGMA_SPACINGS:
+        return sigma_timesteps(spec.steps, schedule.sigmas.log(), spec.spacing)
+    return time_timesteps(spec.steps, schedule.num_train_timesteps, spec.spacing,
+                          spec.steps_offset)
+
+
+def timesteps(schedule: NoiseSchedule, steps: int | Sequence[int] | None = None,
+              spacing: str | None = None, *, steps_offset: int | None = None) -> torch.Tensor:
+    """The sampling grid τ of ``schedule``: exactly S distinct, strictly decreasing timesteps.
+
+    ``steps``: S in [1, T] (default 50), placed by ``spacing`` (default ``trailing``) and
+    ``steps_offset`` (leading only, default 0); or an explicit grid, returned as given (then
+    spacing and steps_offset are refused). Returns an int64 CPU tensor of shape (S,).
+
+    Raises:
+        TypeError / ValueError naming the parameter (see :func:`grid_spec`).
+    """
+    explicit = hasattr(steps, "__len__") and not isinstance(steps, (str, bytes))
+    spec = grid_spec(None if explicit else steps, spacing, steps_offset,
+                     steps if explicit else None, schedule.num_train_timesteps)
+    return grid_timesteps(schedule, spec)
+
+
+def grid_levels(schedule: NoiseSchedule, grid: torch.Tensor, final_alpha: str = "one"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ᾱ_t, ᾱ_prev) along a grid, both float64 of shape (S,).
+
+    ᾱ_prev[i] is ᾱ at the grid's next point ``grid[i+1]``, never ``t - T//S`` (diffusers
+    issues 12633, 11347); after the last point it is 1 (``final_alpha="one"``, the paper: the
+    last step returns x̂0) or ᾱ_0 (``"first"``: diffusers' ``set_alpha_to_one=False``, CompVis).
+
+    Raises:
+        ValueError: an unknown ``final_alpha``, or a bad grid (see :func:`explicit_timesteps`).
+    """
+    check_choice("final_alpha", final_alpha, FINAL_ALPHAS)
+    t = explicit_timesteps(grid, schedule.num_train_timesteps)
+    a = schedule.alphas_cumprod
+    a_t = a[t]
+    last = a.new_ones(1) if final_alpha == "one" else a[:1]
+    return a_t, torch.cat([a_t[1:], last])
+
+
+def explicit_timesteps(timesteps: Any, T: int) -> torch.Tensor:
+    """A grid given as a 1-D integer array-like (list, tuple, numpy array, tensor), checked:
+    strictly decreasing integers in [0, T).
 
     Returns:
         int64 CPU tensor of shape (S,), a copy.
 
     Raises:
-        TypeError: non-integer values. ValueError: empty, not 1-D, out of range, repeated or
-            not strictly decreasing (the message names the positions).
+        TypeError: not a 1-D array-like of integers (floats that are whole numbers pass).
+        ValueError: empty, out of range, repeated or not strictly decreasing (the message
+            names the positions).
     """
-    t = torch.as_tensor(timesteps)
-    if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"timesteps must be a non-empty 1-D sequence, got shape "
-                         f"{tuple(t.shape)}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        if not (t.is_floating_point() and torch.equal(t, t.round())):
-            raise TypeError(f"timesteps must be integers, got {t.tolist()[:8]}")
-    t = t.to(device="cpu", dtype=torch.int64)
+    t = timestep_array(timesteps)
     if (t < 0).any() or (t >= T).any():
         raise ValueError(f"timesteps must lie in [0, {T - 1}], got {t.tolist()[:8]}"
                          f"{' ...' if t.numel() > 8 else ''}")
@@ -115,7 +151,7 @@ def explicit_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch
         kind = "duplicated" if t[i] == t[i + 1] else "not strictly decreasing"
         raise ValueError(f"timesteps must be strictly decreasing without repeats; "
                          f"{kind} at positions {i},{i + 1}: {t[i].item()}, {t[i + 1].item()}")
-    return t.clone()
+    return t
 
 
 def refuse_with_explicit_grid(spacing: str | None, steps_offset: int | None) -> None:
@@ -130,12 +166,34 @@ def refuse_with_explicit_grid(spacing: str | None, steps_offset: int | None) -> 
                              f"used as given); pass {name} or timesteps, not both")
 
 
-def _make_strict(grid: list[int], T: int) -> list[int]:
-    """Increasing integers with repeats pushed up by one, capped from the top at T-1."""
-    out = list(grid)
-    for i in range(1, len(out)):
-        out[i] = max(out[i], out[i - 1] + 1)
-    out[-1] = min(out[-1], T - 1)
-    for i in range(len(out) - 2, -1, -1):
-        out[i] = min(out[i], out[i + 1] - 1)
-    return out
+_WHAT = "a 1-D sequence or array of integers (a list, tuple, numpy array or tensor)"
+
+
+def timestep_array(values: Any) -> torch.Tensor:
+    """``values``, a 1-D integer array-like (a list, tuple, numpy array or tensor; floats that
+    are whole numbers pass), as a 1-D int64 CPU tensor (a copy). The range and order are
+    checked by :func:`explicit_timesteps`.
+
+    Raises:
+        TypeError: naming ``timesteps`` and what it may be. ValueError: it is empty.
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"timesteps must be {_WHAT}, got {values!r:.60}")
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # ragged nesting
+        raise TypeError(f"timesteps must be {_WHAT}, got {values!r:.60}") from None
+    if array.ndim == 0 or array.dtype == object:
+        raise TypeError(f"timesteps must be {_WHAT}, got {values!r:.60}")
+    if array.ndim != 1:
+        raise TypeError(f"timesteps must be {_WHAT}, got an array of shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("timesteps must hold at least one timestep, got an empty sequence")
+    whole_floats = array.dtype.kind == "f" and np.isfinite(array).all() and (
+        array == np.round(array)).all()
+    if array.dtype.kind not in "iu" and not whole_floats:
+        raise TypeError(f"timesteps must be {_WHAT}, got {array.tolist()[:8]!r} "
+                        f"(dtype {array.dtype})")
+    return torch.from_numpy(array.astype(np.int64, copy=True))

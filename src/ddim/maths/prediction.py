@@ -61,6 +61,29 @@ def predict_x0_eps(
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def refuse_zero_snr_epsilon(prediction_type: str, alpha_bar_t: torch.Tensor,
+                            grid: torch.Tensor | None = None) -> None:
+    """ε-prediction cannot be sampled at ᾱ = 0 (zero terminal SNR, Lin et al. 2023):
+    x̂0 = (x - sqrt(1-ᾱ)·ε̂)/sqrt(ᾱ) divides by zero (diffusers issues 4195, 5103).
+
+    Args:
+        prediction_type: the model's.
+        alpha_bar_t: ᾱ of the steps (a float64 tensor of any shape).
+        grid: the timesteps of those steps, named in the message when given.
+
+    Raises:
+        ValueError: naming the timestep and what to use instead.
+    """
+    zero = torch.as_tensor(alpha_bar_t).reshape(-1) == 0
+    if prediction_type != "epsilon" or not zero.any():
+        return
+    where = f" at t={int(grid.reshape(-1)[zero][0])}" if grid is not None else ""
+    raise ValueError(
+        f"this schedule has zero terminal SNR (ᾱ=0{where}) and prediction_type='epsilon': "
+        "x0 = (x - sqrt(1-ᾱ)ε)/sqrt(ᾱ) divides by zero at that step; use a v_prediction or "
+        "sample model, or a grid that does not include that step")
+
+
 def output_coefficients(
     alpha_bar_t: Scalar, prediction_type: str = "epsilon",
 ) -> OutputCoefficients:

@@ -1,14 +1,15 @@
-"""The noise schedule: ᾱ_t for the T training steps, sampling grids and σ_t(η).
+"""The noise schedule: the marginals of a variance-preserving diffusion, t = 0 .. T-1.
 
 Notation (DDIM paper, Song, Meng & Ermon 2021; ᾱ is the paper's α):
 
 ====================  =========================================================
-``alphas_cumprod[t]``  ᾱ_t = prod_{s<=t} (1 - β_s), t = 0 .. T-1 (float64)
-``timesteps(S)``       the sub-sequence τ of S training steps, strictly decreasing
-``alpha_bar_prev``     ᾱ at the next grid point; after the last one ᾱ_prev = 1
-                       (``final_alpha="one"``) or ᾱ_0 (``final_alpha="first"``)
-``sigma(t, t_prev)``   σ_t(η) = η·sqrt((1-ᾱ_prev)/(1-ᾱ_t))·sqrt(1-ᾱ_t/ᾱ_prev)
+``alphas_cumprod[t]``  ᾱ_t = prod_{s<=t} (1 - β_s) (float64)
+``sigmas[t]``          σ_t = sqrt((1-ᾱ_t)/ᾱ_t): the noise level of x_t/sqrt(ᾱ_t) (EDM)
+``half_log_snr[t]``    λ_t = log(sqrt(ᾱ_t)/sqrt(1-ᾱ_t)) = -log σ_t (DPM-Solver)
 ====================  =========================================================
+
+The schedule holds marginals only: the sampling grids are :mod:`ddim.maths.grids`, DDIM's
+σ_t(η) is :func:`ddim.maths.ddim_step.ddim_sigma`.
 
 A :class:`NoiseSchedule` is an immutable value: every accessor returns a fresh tensor, so no
 caller can change the schedule another caller sees.
@@ -24,16 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import check_eta, check_int
-from .ddim_step import ddim_sigma
-from .grids import (
-    DEFAULT_SPACING,
-    explicit_timesteps,
-    refuse_with_explicit_grid,
-    spaced_timesteps,
-)
+from ..checks import check_int
 
-FINAL_ALPHAS = ("one", "first")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine")
 
 
@@ -221,31 +214,13 @@ class NoiseSchedule:
     def __hash__(self) -> int:
         return self._hash
 
-    # ------------------------------------------------------------------ grids
-    def timesteps(
-        self,
-        steps: int | Sequence[int] | torch.Tensor,
-        spacing: str | None = None,
-        *,
-        steps_offset: int | None = None,
-    ) -> torch.Tensor:
-        """The sampling grid τ: exactly ``steps`` distinct, strictly decreasing timesteps.
-
-        ``steps``: S in [1, T], placed by ``spacing`` (default ``trailing``) and
-        ``steps_offset`` (default 0) as :func:`ddim.maths.grids.spaced_timesteps` says; or an
-        explicit sequence (strictly decreasing integers in [0, T)), returned as given (then spacing
-        and steps_offset are refused). Returns an int64 CPU tensor of shape (S,); raises
-        TypeError / ValueError naming the parameter for a bad S, spacing, offset or grid.
-        """
-        T = self.num_train_timesteps
-        if isinstance(steps, (Sequence, torch.Tensor)) and not isinstance(steps, str):
-            refuse_with_explicit_grid(spacing, steps_offset)
-            return explicit_timesteps(steps, T)
-        return spaced_timesteps(steps, T, spacing or DEFAULT_SPACING, steps_offset or 0)
-
-    # ------------------------------------------------------------------ per-step values
+    # ------------------------------------------------------------------ marginals
     def alpha_bar(self, timesteps: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
-        """ᾱ at the given timesteps (index -1 means "before t=0": ᾱ = 1), float64."""
+        """ᾱ at the given timesteps, float64 (index -1 means "before t=0": ᾱ = 1).
+
+        Raises:
+            ValueError: a timestep outside [-1, T-1].
+        """
         t = torch.as_tensor(timesteps, dtype=torch.int64)
         if ((t < -1) | (t >= self.num_train_timesteps)).any():
             raise ValueError(f"timesteps must lie in [-1, {self.num_train_timesteps - 1}], "
@@ -253,29 +228,18 @@ class NoiseSchedule:
         padded = torch.cat([self._alphas_cumprod, self._alphas_cumprod.new_ones(1)])
         return padded[t]  # index -1 picks the appended 1
 
-    def alpha_bars(
-        self, timesteps: torch.Tensor, final_alpha: str = "one"
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ᾱ_t, ᾱ_prev) along a grid, both float64 of shape (S,).
-
-        ᾱ_prev[i] is ᾱ at the grid's next point ``timesteps[i+1]``, never ``t - T//S``; after
-        the last point it is 1 (``final_alpha="one"``, the paper: the last step returns x0̂)
-        or ᾱ_0 (``"first"``: diffusers' ``set_alpha_to_one=False`` and CompVis).
-        """
-        if final_alpha not in FINAL_ALPHAS:
-            raise ValueError(f"final_alpha must be one of {FINAL_ALPHAS}, got {final_alpha!r}")
-        t = explicit_timesteps(timesteps, self.num_train_timesteps)
-        a_t = self._alphas_cumprod[t]
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """σ_t = sqrt((1-ᾱ_t)/ᾱ_t), the noise level of x_t/sqrt(ᾱ_t) (EDM's σ, Karras et al.
+        2022), t = 0 .. T-1: float64 of shape (T,), increasing; +inf where ᾱ = 0."""
         a = self._alphas_cumprod
-        last = a.new_ones(1) if final_alpha == "one" else a[:1]
-        return a_t, torch.cat([a_t[1:], last])
+        return ((1 - a) / a).sqrt()
 
-    def sigma(self, t: int, t_prev: int, eta: float = 1.0) -> float:
-        """σ_t(η) between training steps ``t`` and ``t_prev`` (< t; -1 means ᾱ_prev = 1)."""
-        a = self.alpha_bar([t, t_prev])
-        if not t_prev < t:
-            raise ValueError(f"t_prev must be smaller than t, got t={t}, t_prev={t_prev}")
-        return float(ddim_sigma(a[0], a[1], check_eta(eta)))
+    @property
+    def half_log_snr(self) -> torch.Tensor:
+        """λ_t = log(sqrt(ᾱ_t)/sqrt(1-ᾱ_t)) = -log σ_t, t = 0 .. T-1: float64 of shape (T,),
+        decreasing; -inf where ᾱ = 0 (DPM-Solver's λ, Lu et al. 2022)."""
+        return -self.sigmas.log()
 
 
 @functools.cache

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from ..checks import check_bool, check_choice, check_device, check_eta, check_int
-from ..maths.ddim_step import PREDICTION_TYPES
-from ..maths.grids import SPACINGS, refuse_with_explicit_grid
-from ..maths.multistep import SOLVERS
-from ..maths.schedule import FINAL_ALPHAS, NoiseSchedule
+from ..maths.grids import FINAL_ALPHAS, SPACINGS, refuse_with_explicit_grid, timestep_array
+from ..maths.prediction import PREDICTION_TYPES
+from ..maths.schedule import NoiseSchedule
 from ..maths.thresholding import ClipSample, clip_range
 from .noise import Generators, check_generator_list
+from .solvers import SOLVER_NAMES, SOLVERS, STOCHASTIC_SOLVERS
 
 DEFAULT_STEPS = 50
 
@@ -47,7 +47,7 @@ class SampleOptions:
     schedule: NoiseSchedule | None = None
     spacing: str | None = None
     steps_offset: int | None = None
-    timesteps: Sequence[int] | torch.Tensor | None = None
+    timesteps: tuple[int, ...] | None = None
     final_alpha: str = "one"
     sigma_hat: bool = False
     prediction_type: str | None = None
@@ -81,13 +81,6 @@ class SampleOptions:
             refuse_with_explicit_grid(self.spacing, self.steps_offset)
         _check_solver_options(self)
 
-    @classmethod
-    def from_arguments(cls, arguments: Mapping[str, Any]) -> SampleOptions:
-        """The options among a public function's arguments (its ``locals()``): each field
-        of this class that the function takes, by name; the others keep their defaults."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in arguments.items() if k in names})
-
     @property
     def batch(self) -> int:
         """B, the number of samples: from x_T, shape or batch_size (default 1)."""
@@ -98,12 +91,9 @@ class SampleOptions:
         return 1 if self.batch_size is None else self.batch_size
 
 
-def _timesteps(o: SampleOptions, timesteps: Any) -> Any:
-    if timesteps is None:
-        return None
-    if isinstance(timesteps, str) or not isinstance(timesteps, (Sequence, torch.Tensor)):
-        raise TypeError(f"timesteps must be a sequence of integers, got {timesteps!r:.40}")
-    return timesteps
+def _timesteps(o: SampleOptions, timesteps: Any) -> tuple[int, ...] | None:
+    """An explicit grid as a tuple of ints (range and order: the plan, against T)."""
+    return None if timesteps is None else tuple(timestep_array(timesteps).tolist())
 
 
 def _schedule(o: SampleOptions, schedule: Any) -> NoiseSchedule | None:
@@ -168,7 +158,7 @@ def _positive_or_none(name: str) -> Callable[[SampleOptions, Any], int | None]:
 
 _CHECKS: dict[str, Callable[[SampleOptions, Any], Any]] = {
     "eta": lambda o, v: check_eta(v),
-    "solver": lambda o, v: check_choice("solver", v, SOLVERS),
+    "solver": lambda o, v: check_choice("solver", v, SOLVER_NAMES),
     "schedule": _schedule,
     "spacing": _optional_choice("spacing", SPACINGS),
     "timesteps": _timesteps,
@@ -203,10 +193,11 @@ def _check_batch(o: SampleOptions) -> None:
 
 def _check_solver_options(o: SampleOptions) -> None:
     """η, σ̂ and re-derived ε belong to DDIM's update; another solver would ignore them."""
-    if o.solver == "ddim":
+    if SOLVERS[o.solver].ddim_options:
         return
-    what = ("its noise is set by the SDE" if o.solver == "dpmpp_2m_sde"
-            else "it is deterministic; dpmpp_2m_sde is the stochastic multistep solver")
+    what = ("its noise is set by the SDE" if o.solver in STOCHASTIC_SOLVERS
+            else f"it is deterministic; {', '.join(STOCHASTIC_SOLVERS)} is the stochastic "
+            "multistep solver")
     for name, value, given in (("eta", o.eta, o.eta != 0), ("sigma_hat", o.sigma_hat, o.sigma_hat),
                                ("rederive_eps", o.rederive_eps, o.rederive_eps)):
         if given:

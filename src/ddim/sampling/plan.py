@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from ..checks import check_choice, check_int
-from ..maths.ddim_step import max_eta
-from ..maths.grids import DEFAULT_SPACING
-from ..maths.multistep import solver_coefficients
-from ..maths.prediction import PREDICTION_TYPES
+from ..checks import check_choice
+from ..maths.ddim_step import check_eta_fits
+from ..maths.grids import GridSpec, grid_levels, grid_spec, grid_timesteps
+from ..maths.prediction import PREDICTION_TYPES, refuse_zero_snr_epsilon
 from ..maths.schedule import NoiseSchedule, default_schedule
 from ..maths.thresholding import clip_range
 from . import noise as _noise
@@ -36,7 +35,8 @@ from .model_contract import (
     model_sample_shape,
 )
 from .options import DEFAULT_STEPS, SampleOptions
-from .steppers import DDIMStepper, SolverStepper, ddim_coefficients, draws_noise
+from .solvers import SOLVERS
+from .steppers import X0Processing, draws_noise
 
 
 @dataclass(frozen=True)
@@ -88,28 +88,24 @@ class Plan:
             return None
         return _noise.NoiseSource(self.x.shape, self.generator, self.x.device, self.x.dtype)
 
-    def stepper(self, noise: Callable[[], torch.Tensor] | None = None
-                ) -> DDIMStepper | SolverStepper:
+    def stepper(self, noise: Callable[[], torch.Tensor] | None = None) -> Any:
         """A fresh stepper for one run over the grid (it owns the run's noise source and, for
-        a multistep solver, its history). ``noise``: draws to use instead of the generators'
+        a multistep solver, its history): the solver's class in the registry
+        (:mod:`ddim.sampling.solvers`). ``noise``: draws to use instead of the generators'
         (the whole-loop CUDA graph passes draws made ahead)."""
-        o, table = self.options, self.table
-        noise = noise or self.noise_source()
+        o, table, solver = self.options, self.table, SOLVERS[self.options.solver]
         bounds = clip_range(o.clip_sample, getattr(self.model, "data_range", (-1.0, 1.0)))
-        x0_options = dict(clip_sample=bounds, dynamic_threshold=o.dynamic_threshold,
-                          dynamic_threshold_max=o.dynamic_threshold_max)
-        if o.solver != "ddim":
-            return SolverStepper(table.coefficients, table.alpha_bar_t, self.prediction_type,
-                                 x0_options, noise)
-        return DDIMStepper(table.coefficients, table.alpha_bar_t, self.prediction_type,
-                           dict(x0_options, rederive_eps=o.rederive_eps), noise)
+        x0 = X0Processing(bounds, o.dynamic_threshold, o.dynamic_threshold_max, o.rederive_eps)
+        return solver.stepper(solver, table.coefficients, table.alpha_bar_t,
+                              self.prediction_type, x0, noise or self.noise_source())
 
     def restarted(self, grid: Sequence[int], x: torch.Tensor) -> Plan:
         """This plan on another grid (strictly decreasing timesteps), run from ``x`` (for
         image-to-image: x is the image noised to the level of the grid's first point)."""
         o = self.options
-        table = step_table(self.schedule, ("explicit", tuple(grid)), o.solver, o.final_alpha,
-                           o.eta, o.sigma_hat, self.prediction_type, _fuse(o))
+        spec = grid_spec(None, None, None, grid, self.schedule.num_train_timesteps)
+        table = step_table(self.schedule, spec, o.solver, o.final_alpha, o.eta, o.sigma_hat,
+                           self.prediction_type, _fuse(o))
         t_grid = _noise.to_device(torch.tensor(table.grid, dtype=torch.int64), x.device)
         return replace(self, table=table, x=x, t_grid=t_grid)
 
@@ -142,8 +138,10 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
                         f"{type(schedule).__name__}")
     ptype = o.prediction_type or getattr(model, "prediction_type", None) or "epsilon"
     check_choice("prediction_type", ptype, PREDICTION_TYPES)
-    table = step_table(schedule, _grid_key(o, schedule), o.solver, o.final_alpha, o.eta,
-                       o.sigma_hat, ptype, _fuse(o))
+    spec = grid_spec(o.steps, o.spacing, o.steps_offset, o.timesteps,
+                     schedule.num_train_timesteps, DEFAULT_STEPS)
+    table = step_table(schedule, spec, o.solver, o.final_alpha, o.eta, o.sigma_hat, ptype,
+                       _fuse(o))
 
     model_device, model_dtype = model_device_dtype(model)
     x = _initial_sample(model, o, model_device)
@@ -165,62 +163,28 @@ def _fuse(o: SampleOptions) -> bool:
     return clip_range(o.clip_sample) is None and o.dynamic_threshold is None
 
 
-def _grid_key(o: SampleOptions, schedule: NoiseSchedule) -> tuple:
-    """A hashable description of the grid, its arguments checked against the schedule."""
-    T = schedule.num_train_timesteps
-    if o.timesteps is not None:
-        grid = tuple(schedule.timesteps(o.timesteps).tolist())
-        if o.steps is not None and check_int("steps", o.steps, low=1) != len(grid):
-            raise ValueError(f"steps={o.steps} contradicts the {len(grid)} explicit timesteps; "
-                             "pass one of them")
-        return ("explicit", grid)
-    steps = DEFAULT_STEPS if o.steps is None else check_int("steps", o.steps, low=1, high=T)
-    offset = 0 if o.steps_offset is None else check_int("steps_offset", o.steps_offset, low=0,
-                                                          high=T - 1)
-    return ("spaced", steps, o.spacing or DEFAULT_SPACING, offset)
-
-
 @functools.lru_cache(maxsize=64)
-def step_table(schedule: NoiseSchedule, grid_key: tuple, solver: str, final_alpha: str,
+def step_table(schedule: NoiseSchedule, spec: GridSpec, solver: str, final_alpha: str,
                eta: float, sigma_hat: bool, prediction_type: str, fuse: bool) -> StepTable:
     """The grid's levels and coefficients in float64, memoised: a pure function of immutable
     arguments (the schedule hashes its ᾱ), so repeated calls with one setup skip ≈300 µs.
 
-    ``grid_key`` is ``("spaced", S, spacing, steps_offset)`` or ``("explicit", timesteps)``;
-    ``solver`` picks the coefficients: DDIM's (:func:`ddim.sampling.steppers.ddim_coefficients`) or
-    a multistep solver's (:func:`ddim.maths.multistep.solver_coefficients`).
+    ``spec`` is the grid (:func:`ddim.maths.grids.grid_spec`); ``solver`` names the registry
+    entry whose ``coefficients`` are computed (:mod:`ddim.sampling.solvers`).
 
     Raises:
         ValueError: zero terminal SNR on the grid with ε-prediction; an η whose noise σ_t²
             would exceed 1-ᾱ_prev somewhere on the grid (the message names the largest η
             the grid allows).
     """
-    if grid_key[0] == "explicit":
-        grid = torch.tensor(grid_key[1], dtype=torch.int64)
-    else:
-        _, steps, spacing, offset = grid_key
-        grid = schedule.timesteps(steps, spacing, steps_offset=offset)
-    a_t, a_prev = schedule.alpha_bars(grid, final_alpha)
-    if prediction_type == "epsilon" and (a_t == 0).any():
-        raise ValueError(
-            "this schedule has zero terminal SNR (ᾱ=0 at t="
-            f"{int(grid[a_t == 0][0])}) and prediction_type='epsilon': x0 = (x - sqrt(1-ᾱ)ε)/"
-            "sqrt(ᾱ) divides by zero at the first step; use a v_prediction or sample model, "
-            "or a grid that does not include that step"
-        )
-    if not sigma_hat and eta > 1:  # η <= 1 always fits; above, σ_t² may exceed 1-ᾱ_prev
-        limit = max_eta(a_t, a_prev)
-        if eta > float(limit.min()) * (1 + 1e-12):
-            i = int(limit.argmin())
-            raise ValueError(
-                f"eta={eta:g} is too large for this grid: at step {i} (t={int(grid[i])}) its "
-                f"noise σ_t² would exceed 1-ᾱ_prev, the whole variance of the next level; the "
-                f"largest eta this grid allows is {float(limit.min()):.6g} (the paper's η lies "
-                "in [0, 1]; sigma_hat=True gives DDPM's larger variance)")
-    if solver == "ddim":
-        coefficients = ddim_coefficients(a_t, a_prev, eta, sigma_hat, prediction_type, fuse)
-    else:
-        coefficients = solver_coefficients(solver, a_t, a_prev)
+    grid = grid_timesteps(schedule, spec)
+    a_t, a_prev = grid_levels(schedule, grid, final_alpha)
+    refuse_zero_snr_epsilon(prediction_type, a_t, grid)
+    entry = SOLVERS[solver]
+    if entry.ddim_options and not sigma_hat:
+        check_eta_fits(eta, a_t, a_prev, grid)
+    coefficients = entry.coefficients(a_t, a_prev, eta=eta, sigma_hat=sigma_hat,
+                                      prediction_type=prediction_type, fuse=fuse)
     return StepTable(tuple(grid.tolist()), tuple(a_t.tolist()), tuple(a_prev.tolist()),
                      coefficients)
 

@@ -80,25 +80,29 @@ def sample(
         steps: S, the number of model calls, an integer in [1, T] (default 50). With
             ``timesteps`` it must be None or equal to their number.
         eta: η >= 0. 0 is deterministic DDIM (no random numbers drawn), 1 is DDPM-like.
-        solver: the update applied after each model call (:mod:`ddim.maths.multistep`): ``ddim``
-            (default: the paper's eq. 12, any η), ``dpmpp_2m`` and ``dpmpp_3m``
-            (DPM-Solver++ multistep, Lu et al. 2022), ``unipc`` (UniPC-bh2, order 2, Zhao et
-            al. 2023) or ``dpmpp_2m_sde`` (stochastic DPM-Solver++(2M): draws noise from
-            ``generator`` like η > 0). DDIM with η=0 is their first-order case; at 5-20
-            model calls the multistep solvers reach DDIM's quality with fewer calls. η,
-            ``sigma_hat`` and ``rederive_eps`` are DDIM's only.
+        solver: the update applied after each model call, a name of the registry
+            :data:`ddim.sampling.solvers.SOLVERS`: ``ddim`` (default: the paper's eq. 12, any
+            η), ``dpmpp_2m``, ``dpmpp_3m`` (as diffusers: second order) and ``dpmpp_3m_true``
+            (third order) (DPM-Solver++ multistep, Lu et al. 2022), ``unipc`` (UniPC-bh2,
+            order 2, Zhao et al. 2023), ``ipndm`` and ``ipndm_v`` (fourth-order
+            Adams–Bashforth on ε, Zhang & Chen 2023) or ``dpmpp_2m_sde`` (stochastic
+            DPM-Solver++(2M): draws noise from ``generator`` like η > 0). DDIM with η=0 is
+            their first-order case; at 4-20 model calls the multistep solvers reach DDIM's
+            quality with fewer calls. η, ``sigma_hat`` and ``rederive_eps`` are DDIM's only.
         x_T: initial noise (B, ...), a floating tensor; sets device, dtype and shape.
         shape: the full shape (B, C, H, W) to draw x_T with, when x_T is not given.
         batch_size: B when neither x_T nor shape is given (shape from the model; default 1).
         schedule: a :class:`NoiseSchedule`; default the model bundle's, else the DDPM linear
             schedule (T=1000, β 1e-4..0.02) that the ``google/ddpm-*`` checkpoints use.
-        spacing: where the S steps go (:func:`ddim.maths.grids.spaced_timesteps`): ``trailing``
+        spacing: where the S steps go (:mod:`ddim.maths.spacings`): in time ``trailing``
             (default: starts at T-1, from pure noise, for every S), ``leading`` (the paper's
-            uniform grid i·T/S: 10 steps start at t=900, 1 step at t=0), ``linspace`` or
-            ``quad`` (the paper's CIFAR10 grid).
+            uniform grid i·T/S: 10 steps start at t=900, 1 step at t=0), ``linspace``,
+            ``quad`` (the paper's CIFAR10 grid) or ``time_quadratic``; in the noise level
+            ``karras``, ``kl_optimal`` or ``log_snr``.
         steps_offset: shift of the ``leading`` grid (diffusers' ``steps_offset``; default 0).
-        timesteps: an explicit strictly decreasing grid, used as given, instead of
-            steps/spacing/steps_offset (giving those too is refused).
+        timesteps: an explicit strictly decreasing grid (a 1-D integer list, tuple, numpy
+            array or tensor), used as given, instead of spacing/steps_offset (giving those
+            too is refused).
         final_alpha: ᾱ after the last grid point: ``one`` (default, returns x̂0) or ``first``
             (ᾱ_0, as diffusers' ``set_alpha_to_one=False`` and CompVis).
         sigma_hat: use the paper's σ̂ noise (DDPM's larger variance); ``eta`` is then unused.
@@ -136,7 +140,15 @@ def sample(
         TypeError / ValueError naming the parameter for invalid arguments, before any model
         call; :class:`NonFiniteError` if the model returns NaN or inf.
     """
-    options = SampleOptions.from_arguments(locals())  # every parameter but model
+    options = SampleOptions(
+        steps=steps, eta=eta, solver=solver, x_T=x_T, shape=shape,
+        batch_size=batch_size, schedule=schedule, spacing=spacing, steps_offset=steps_offset,
+        timesteps=timesteps, final_alpha=final_alpha, sigma_hat=sigma_hat, generator=generator,
+        prediction_type=prediction_type, clip_sample=clip_sample,
+        dynamic_threshold=dynamic_threshold, dynamic_threshold_max=dynamic_threshold_max,
+        rederive_eps=rederive_eps, class_labels=class_labels, guidance_scale=guidance_scale,
+        model_kwargs=model_kwargs, uncond_kwargs=uncond_kwargs, callback=callback,
+        progress=progress, max_batch_size=max_batch_size, device=device, dtype=dtype)
     return run(make_plan(model, options))
 
 
@@ -176,7 +188,15 @@ def sample_iter(
     is called, not when iteration starts. After its last step the iterator raises
     :class:`NonFiniteError` if the model returned NaN or inf at any step, naming the first.
     """
-    options = SampleOptions.from_arguments(locals())  # every parameter but model
+    options = SampleOptions(
+        steps=steps, eta=eta, solver=solver, x_T=x_T, shape=shape,
+        batch_size=batch_size, schedule=schedule, spacing=spacing, steps_offset=steps_offset,
+        timesteps=timesteps, final_alpha=final_alpha, sigma_hat=sigma_hat, generator=generator,
+        prediction_type=prediction_type, clip_sample=clip_sample,
+        dynamic_threshold=dynamic_threshold, dynamic_threshold_max=dynamic_threshold_max,
+        rederive_eps=rederive_eps, class_labels=class_labels, guidance_scale=guidance_scale,
+        model_kwargs=model_kwargs, uncond_kwargs=uncond_kwargs, callback=callback,
+        progress=progress, device=device, dtype=dtype)
     return loop(make_plan(model, options), details=True)
 
 
