@@ -27,8 +27,9 @@ import torch
 
 import ddim
 from ddim.atomic import atomic_write_text
+from ddim.evaluation.classifiers import load_digits_classifier
 from ddim.evaluation.digits import digits_split
-from ddim.evaluation.frechet import evaluate, load_digits_classifier
+from ddim.evaluation.kits import evaluate
 from ddim.sampling.noise import sample_generators
 
 RESULTS = Path(__file__).parent / "results"

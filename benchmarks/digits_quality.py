@@ -27,13 +27,10 @@ import torch
 
 import ddim
 from ddim.atomic import atomic_write_text
+from ddim.evaluation.classifiers import load_digits_classifier
 from ddim.evaluation.digits import digits_split, load_digits_images
-from ddim.evaluation.frechet import (
-    class_histogram,
-    extract_features,
-    fd_from_features,
-    load_digits_classifier,
-)
+from ddim.evaluation.frechet import extract_features, fd_from_features
+from ddim.evaluation.kits import class_histogram
 from ddim.sampling.noise import sample_generators
 
 RESULTS = Path(__file__).parent / "results"

@@ -153,8 +153,9 @@ def launches(device: str, steps: int) -> list[str]:
 
 def quality(device: str, steps: int) -> list[str]:
     """FD of 1000 digits at S steps, fp32 against bf16 (+ graph_loop), seeds 0, 1, 2."""
+    from ddim.evaluation.classifiers import load_digits_classifier
     from ddim.evaluation.digits import load_digits_images
-    from ddim.evaluation.frechet import extract_features, fd_from_features, load_digits_classifier
+    from ddim.evaluation.frechet import extract_features, fd_from_features
 
     clf = load_digits_classifier(device)
     ref = extract_features(load_digits_images()[0].to(device), clf.features)

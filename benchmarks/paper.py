@@ -49,8 +49,9 @@ import torch
 
 import ddim
 from ddim.atomic import atomic_write, atomic_write_text
+from ddim.evaluation.classifiers import load_digits_classifier
 from ddim.evaluation.digits import digits_split, load_digits_images
-from ddim.evaluation.frechet import extract_features, fd_from_features, load_digits_classifier
+from ddim.evaluation.frechet import extract_features, fd_from_features
 from ddim.sampling.noise import sample_generators
 
 sys.path.insert(0, str(Path(__file__).parent))

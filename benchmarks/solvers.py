@@ -163,9 +163,9 @@ def diffusers_sample(bundle, solver: str, steps: int, x_T: torch.Tensor,
 
 def classifier_and_reference(model: str):
     """(feature extractor, reference images) for FD on ``model``'s data: the shipped
-    classifier and real images of its kit (``ddim.evaluation.frechet.reference_images``)."""
+    classifier and real images of its kit (``ddim.evaluation.kits.reference_images``)."""
     from ddim.evaluation.classifiers import load_classifier
-    from ddim.evaluation.frechet import reference_images
+    from ddim.evaluation.kits import reference_images
 
     return load_classifier(model).features, reference_images(model)
 

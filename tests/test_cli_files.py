@@ -16,7 +16,7 @@ import pytest
 
 from ddim import cli
 from ddim.cli import evaluate
-from ddim.generation import shards
+from ddim.generation import packing
 from tests.test_cli import check_error, loads, no_loading  # noqa: F401 (fixtures)
 
 CHEAP = ["--steps", 2, "--num", 2]
@@ -193,14 +193,14 @@ def test_bad_devices_are_refused_before_anything_is_written(argv, device, proble
 
 def test_pack_on_a_full_disk_names_the_file_and_says_the_shards_are_complete(
         loads, capsys, tmp_path, monkeypatch):  # noqa: F811
-    real = shards.save_npz
+    real = packing.save_npz
 
     def full_for_the_pack(path, *args, **kwargs):
         if Path(path).name == "p.npz":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(shards, "save_npz", full_for_the_pack)
+    monkeypatch.setattr(packing, "save_npz", full_for_the_pack)
     argv = ["generate", "--model", "tiny", "--num", 6, "--shard-size", 4, "--steps", 2,
             "--out", tmp_path / "run", "--pack", tmp_path / "p.npz"]
     check_error(capsys, argv, 1,
@@ -208,7 +208,7 @@ def test_pack_on_a_full_disk_names_the_file_and_says_the_shards_are_complete(
                 f"is left, and the 2 shards in {tmp_path / 'run'} are complete: free some "
                 "space and pack again (rerun this command: it keeps the shards and only "
                 "packs)")
-    monkeypatch.setattr(shards, "save_npz", real)
+    monkeypatch.setattr(packing, "save_npz", real)
     assert cli.main([str(a) for a in argv]) == 0
     out = capsys.readouterr().out
     assert "(0 shards generated, 2 kept from before)" in out and "packed into" in out

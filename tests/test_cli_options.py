@@ -146,7 +146,7 @@ def test_digits_cond_samples_the_asked_classes(tmp_path):
     mostly as 0 and 1 by the shipped digits classifier."""
     got = sample(tmp_path, "c.npz", "--model", "digits-cond", "--class", 0, 1, "--num", 8,
                  "--steps", 10, "--guidance-scale", 2)
-    from ddim.evaluation.frechet import load_digits_classifier
+    from ddim.evaluation.classifiers import load_digits_classifier
     from ddim.images import from_uint8
 
     predicted = load_digits_classifier()(from_uint8(got["images"])).argmax(1)
@@ -186,7 +186,7 @@ def test_invert_takes_no_solver_and_inpaint_no_resample_with_one(capsys,
                          "unipc"], 2, "unrecognized arguments: --solver unipc")
     check_error(capsys, ["inpaint", "--images", "in.npz", "--keep", "left", "--resample", 2,
                          "--solver", "dpmpp_2m", "--out", "o.png"], 2,
-                "--resample 2 repeats steps, which a multistep solver cannot")
+                "--resample/--solver: resample=2 repeats steps, which a multistep solver cannot")
 
 
 @pytest.mark.parametrize("command", ["sample", "eval", "generate", "invert", "inpaint",

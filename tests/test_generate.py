@@ -88,7 +88,8 @@ def test_exact_count_partial_last_shard_pack_and_pngs(bundle, tmp_path):
     assert len({im.tobytes() for im in images}) == 21
 
     manifest = json.loads((out / MANIFEST).read_text())
-    assert {k: manifest[k] for k in ("num", "steps", "eta", "seed", "spacing", "shard_size")
+    assert {k: manifest["settings"][k] for k in ("num", "steps", "eta", "seed", "spacing",
+                                                 "shard_size")
             } == dict(num=21, steps=3, eta=0.0, seed=0, spacing="trailing", shard_size=8)
     assert manifest["seed_rule"] == ddim.sampling.noise.SEED_RULE
     assert manifest["model"] == str(bundle.name) and len(manifest["weights"]["sha256"]) == 64
@@ -237,7 +238,7 @@ def test_another_run_is_refused_unless_overwrite(bundle, digits_dir, capsys, tmp
         np.testing.assert_array_equal(images, before[name][0])
 
     generate(bundle, out, 6, steps=2, seed=1, shard_size=4, overwrite=True, png=True)
-    assert json.loads((out / MANIFEST).read_text())["seed"] == 1
+    assert json.loads((out / MANIFEST).read_text())["settings"]["seed"] == 1
     assert not np.array_equal(shards(out)[shard_name(0)][0], before[shard_name(0)][0])
     assert len(list((out / "png").iterdir())) == 6
 

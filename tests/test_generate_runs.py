@@ -112,7 +112,7 @@ def test_generate_records_solver_labels_and_guidance_and_matches_sample(cond, tm
                       guidance_scale=2.0, shard_size=4, batch_size=4)
     assert result.generated == 2
     manifest = json.loads((out / MANIFEST).read_text())
-    assert {k: manifest[k] for k in ("solver", "class_labels", "guidance_scale")} == {
+    assert {k: manifest["settings"][k] for k in ("solver", "class_labels", "guidance_scale")} == {
         "solver": "dpmpp_2m", "class_labels": [0, 1, 10], "guidance_scale": 2.0}
     images = np.concatenate(list(shard_arrays(out).values()))
     for lo, hi in ((0, 4), (4, 6)):  # the shards' batches

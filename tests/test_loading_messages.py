@@ -26,7 +26,7 @@ from ddim.atomic import atomic_write_text
 from ddim.evaluation.digits import load_digits_images
 from ddim.generation.folder_lock import FolderInUseError
 from ddim.generation.manifest import RunMismatchError, check_same_run, contrast, write_manifest
-from ddim.generation.settings import TooManyProcessesError, check_world_size
+from ddim.generation.run_checks import TooManyProcessesError, check_world_size
 from ddim.generation.shards import write_shard
 from ddim.images import save_image_grid, save_npz, save_png
 from ddim.loading import hub

@@ -8,10 +8,10 @@ import-linter contract states their order; an arrow never points up):
 - :mod:`ddim.sampling`: the model contract, noise, guidance, the options (stated once), the
   solver registry, the plan, the steppers and the one sampling loop;
 - :mod:`ddim.loading`: bundled models, diffusers folders, hub ids;
-- :mod:`ddim.editing.edits`: inversion, image-to-image, inpainting, interpolation;
+- :mod:`ddim.editing`: inversion, image-to-image, inpainting, interpolation;
 - :mod:`ddim.acceleration`: trace, compile, CUDA graphs, the precision switch;
 - :mod:`ddim.generation`: many samples as resumable shards, on one or many processes;
-- :mod:`ddim.evaluation.frechet`: Fréchet distances, the shipped classifiers, the reference digits;
+- :mod:`ddim.evaluation`: Fréchet distances, the shipped classifiers, the reference digits;
 - :mod:`ddim.cli`: the ``ddim`` command.
 
 ``import ddim`` is cheap: it loads none of torch, numpy, diffusers, PIL or the command line.
@@ -37,11 +37,11 @@ _EXPORTS = {
     "NonFiniteError": "sampling.model_contract",
     "SampleStep": "sampling.sampler", "sample": "sampling.sampler",
     "sample_iter": "sampling.sampler",
-    "img2img": "editing.edits", "inpaint": "editing.edits",
+    "img2img": "editing.img2img", "inpaint": "editing.inpaint",
     "interpolation_strip": "editing.interpolation", "slerp": "editing.interpolation",
     "invert": "editing.inversion",
     "accelerate": "acceleration.accelerate", "strict_float32": "acceleration.precision",
-    "generate": "generation.generate", "pack": "generation.shards",
+    "generate": "generation.generate", "pack": "generation.packing",
     "make_grid": "images", "save_image_grid": "images", "to_pil": "images",
     "to_uint8": "images",
 }
@@ -57,11 +57,12 @@ __all__ = [  # the keys of _EXPORTS, spelt out for tools that read __all__
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily
     from .acceleration.accelerate import accelerate
     from .acceleration.precision import strict_float32
-    from .editing.edits import img2img, inpaint
+    from .editing.img2img import img2img
+    from .editing.inpaint import inpaint
     from .editing.interpolation import interpolation_strip, slerp
     from .editing.inversion import invert
     from .generation.generate import generate
-    from .generation.shards import pack
+    from .generation.packing import pack
     from .images import make_grid, save_image_grid, to_pil, to_uint8
     from .loading.folders import PretrainedError
     from .loading.pretrained import BUNDLED_MODELS, Pretrained, load_pretrained

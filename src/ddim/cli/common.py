@@ -166,15 +166,17 @@ def _resolve(args: argparse.Namespace, num_classes: int | None,
 def describe(settings: SamplingSettings) -> str:
     """The settings in a few words: ``10 steps, eta 0, trailing spacing``, then the solver,
     classes and guidance when they are not the defaults."""
-    words = [plural(settings.steps, "step"), f"eta {settings.eta:g}",
-             f"{settings.spacing} spacing"]
-    if settings.solver != "ddim":
-        words.append(f"solver {settings.solver}")
+    o = settings.options
+    grid = (f"{o['spacing']} spacing" if o.get("timesteps") is None
+            else f"timesteps {' '.join(map(str, o['timesteps']))}")
+    words = [plural(o["steps"], "step"), f"eta {o['eta']:g}", grid]
+    if o["solver"] != "ddim":
+        words.append(f"solver {o['solver']}")
     if settings.class_labels is not None:
         labels = settings.class_labels
         words.append(f"class{'es' * (len(labels) > 1)} {' '.join(map(str, labels))}")
-    if settings.guidance_scale is not None:
-        words.append(f"guidance {settings.guidance_scale:g}")
+    if o.get("guidance_scale") is not None:
+        words.append(f"guidance {o['guidance_scale']:g}")
     return ", ".join(words)
 
 

@@ -24,7 +24,8 @@ import torch
 
 from .._version import __version__
 from ..atomic import atomic_write
-from ..editing.edits import img2img, inpaint
+from ..editing.img2img import img2img
+from ..editing.inpaint import check_resample, inpaint
 from ..editing.inversion import METHODS, invert
 from ..images import from_uint8
 from ..loading.pretrained import Pretrained
@@ -118,10 +119,10 @@ def run_inpaint(args: argparse.Namespace) -> int:
     """``ddim inpaint``: fill the unknown pixels."""
     start = time.perf_counter()
     out = check_output(args.out, IMAGE_FORMATS)
-    if args.resample and args.solver != "ddim":
-        raise CliError(f"--resample {args.resample} repeats steps, which a multistep solver "
-                       f"cannot (its history moves on): use --solver ddim, got --solver "
-                       f"{args.solver}")
+    try:  # before the images are read and the model loads
+        check_resample(args.resample, args.solver)
+    except ValueError as err:
+        raise CliError(f"--resample/--solver: {err}") from None
     uint8 = read_images(args.images)
     mask = None if args.keep else read_mask(args.mask, uint8.shape)
     bundle, images, labels = _load(args, uint8)
@@ -171,11 +172,12 @@ def _load(args: argparse.Namespace, uint8: np.ndarray
 
 
 def _meta(args: argparse.Namespace, labels: torch.Tensor | None) -> dict[str, Any]:
-    """What an edit's .npz records besides the images."""
-    return dict(model=str(args.model), steps=args.steps, eta=args.eta, solver=args.solver,
-                spacing=args.spacing, seed=args.seed,
-                class_labels=None if labels is None else labels.numpy(),
-                guidance_scale=args.guidance_scale)
+    """What an edit's .npz records besides the images: the model and the settings, as every
+    command records them (:meth:`ddim.generation.settings.SamplingSettings.recorded`), the
+    labels being the images' own."""
+    recorded = sampling_settings(args, args.command).recorded()
+    recorded["class_labels"] = None if labels is None else labels.numpy()
+    return dict(model=str(args.model), **recorded)
 
 
 def _run(edit: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -6,7 +6,7 @@
     ddim eval --images samples.npz --reference real.npz --features mymodule:features
 
 The default features and reference follow the images' shape
-(``ddim.evaluation.frechet.default_kit``): 8×8 digits are compared with scikit-learn's 1797 digits
+(``ddim.evaluation.kits.default_kit``): 8×8 digits are compared with scikit-learn's 1797 digits
 in the digits classifier's features, 28×28 digits with the 1000 held-out MNIST digits in the MNIST
 classifier's. That data needs the ``eval`` extra (``pip install 'ddim[eval]'``); it, the files and
 the options are checked before any sampling.
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_text
-from ..evaluation.frechet import default_kit, evaluate, reference_images, require_reference
+from ..evaluation.kits import default_kit, evaluate, reference_images, require_reference
 from ..images import from_uint8
 from .base import CliError, plural
 from .common import (

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from ..generation import distributed
@@ -34,8 +33,9 @@ from ..generation.generate import (
     make_shards,
     prepare_run,
 )
-from ..generation.settings import RunSettings, TooManyProcessesError, check_world_size
-from ..generation.shards import pack
+from ..generation.packing import pack
+from ..generation.run_checks import TooManyProcessesError, check_world_size
+from ..generation.settings import RunSettings
 from .base import EXIT_INTERRUPTED, CliError, plural
 from .common import (
     check_class_options,
@@ -102,7 +102,7 @@ def run_generate(args: argparse.Namespace) -> int:
             bundle = load_model(args.model, proc.device)
             labels = model_labels(args, bundle)
             try:
-                run = prepare_run(bundle, args.out, replace(settings, class_labels=labels),
+                run = prepare_run(bundle, args.out, settings.replaced(class_labels=labels),
                                   device=proc.device,
                                   overwrite=args.overwrite, rank=proc.rank,
                                   world_size=proc.world_size)

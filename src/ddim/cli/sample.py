@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,7 @@ def sample_images(bundle: Pretrained, settings: SamplingSettings, args: argparse
         CliError: status 2 for arguments the model refuses (checked before any model call),
         1 when sampling fails (the model returned NaN or inf).
     """
-    settings = replace(settings, class_labels=model_labels(args, bundle))
+    settings = settings.replaced(class_labels=model_labels(args, bundle))
     try:  # every argument against the model, before any model call
         settings.check_model(bundle, device)
     except (TypeError, ValueError) as err:

@@ -30,7 +30,7 @@ class FeatureClassifier(nn.Module):
     """A CNN ``body`` ending in a 64-d feature layer, and a 10-way linear ``head`` on it.
 
     The features (SiLU, so that all 64 stay informative for Fréchet distances) are what
-    :func:`ddim.evaluation.frechet.fd_images` compares; the logits give class histograms.
+    :func:`ddim.evaluation.frechet.fd_from_features` compares; the logits give class histograms.
     """
 
     def __init__(self, body: nn.Sequential) -> None:

@@ -42,16 +42,16 @@ import torch
 from ..checks import check_bool, check_int
 from ..images import to_uint8
 from ..loading.pretrained import Pretrained
-from ..maths.grids import DEFAULT_SPACING
-from ..sampling.options import DEFAULT_STEPS
 from ..sampling.sampler import SampleStep
 from . import distributed as dist
 from . import shards
 from .folder_lock import FolderInUseError, FolderLock
 from .manifest import RunMismatchError, make_manifest, run_identity
+from .packing import pack  # part of this module's API
+from .run_checks import bundle_on_device, check_out_dir, check_world_size
 from .run_folder import prepare_folder, wait_for_manifest
-from .settings import RunSettings, bundle_on_device, check_out_dir, check_world_size
-from .shards import ShardError, pack  # part of this module's API
+from .settings import RunSettings
+from .shards import ShardError
 
 __all__ = ["FolderInUseError", "GenerateResult", "Run", "RunMismatchError", "RunSettings",
            "check_world_size", "generate", "make_shards", "pack", "prepare_run"]
@@ -113,10 +113,11 @@ def generate(
     out_dir: str | os.PathLike,
     num: int,
     *,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     eta: float = 0.0,
     seed: int = 0,
-    spacing: str = DEFAULT_SPACING,
+    spacing: str | None = None,
+    timesteps: Sequence[int] | None = None,
     solver: str = "ddim",
     class_labels: int | str | Sequence[int | str] | None = None,
     guidance_scale: float | None = None,
@@ -136,7 +137,9 @@ def generate(
             for it (bundled name, diffusers folder, hub id), loaded onto ``device``.
         out_dir: the run's folder, created if missing; one run per folder.
         num: number of samples, >= 1.
-        steps, eta, spacing, solver, guidance_scale: as in :func:`ddim.sample`.
+        steps, eta, spacing, timesteps, solver, guidance_scale: as in :func:`ddim.sample`
+            (default 50 steps on the trailing grid); run.json records the grid's arguments
+            (an explicit grid as its list of timesteps).
         seed: the run's seed, >= 0; sample i uses the generator of (seed, i).
         class_labels: for a class-conditional model: one label for every sample, or a list
             of which sample i takes entry i mod its length (``range(10)`` gives balanced
@@ -166,9 +169,10 @@ def generate(
             file is left, so a rerun resumes.
     """
     check_bool("progress", progress)  # here too: before anything is written
-    settings = RunSettings(num=num, steps=steps, eta=eta, seed=seed, spacing=spacing,
-                           solver=solver, class_labels=class_labels,
-                           guidance_scale=guidance_scale, shard_size=shard_size,
+    grid = {k: v for k, v in dict(steps=steps, spacing=spacing, timesteps=timesteps).items()
+            if v is not None}
+    settings = RunSettings(num=num, eta=eta, solver=solver, guidance_scale=guidance_scale,
+                           **grid, seed=seed, class_labels=class_labels, shard_size=shard_size,
                            batch_size=batch_size, png=png)
     with prepare_run(model, out_dir, settings, device=device, overwrite=overwrite, rank=rank,
                      world_size=world_size) as run:

@@ -11,23 +11,21 @@ it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._version import __version__
 from ..atomic import atomic_write_text
-from ..loading.pretrained import BUNDLED_MODELS, WEIGHT_NAMES, Pretrained
+from ..loading.identity import weights_identity
+from ..loading.pretrained import BUNDLED_MODELS, Pretrained
 from ..sampling.model_contract import model_device_dtype
 from ..sampling.noise import SEED_RULE
+from .run_files import MANIFEST, write_run_file
 
-MANIFEST = "run.json"
-FORMAT = "ddim-generate/2"  # 2: shards carry their run's identity; solver, labels, guidance
+FORMAT = "ddim-generate/3"  # 3: the settings in one entry; 2: shards carry their run's identity
 
 
 class RunMismatchError(ValueError):
@@ -63,13 +61,13 @@ def make_manifest(bundle: Pretrained, settings: Mapping[str, Any]) -> dict[str, 
     manifest = {
         "format": FORMAT,
         "model": _model_name(bundle),
-        "weights": _weights_identity(bundle),
+        "weights": weights_identity(bundle.model),
         "model_dtype": str(model_dtype).removeprefix("torch.") if model_dtype else None,
         "schedule_sha256": hashlib.sha256(schedule).hexdigest(),
         "prediction_type": bundle.prediction_type,
         "sample_shape": list(bundle.sample_shape),
         "data_range": [float(v) for v in bundle.data_range],
-        **settings,
+        "settings": dict(settings),
         "seed_rule": SEED_RULE,
         "ddim_version": __version__,
     }
@@ -104,26 +102,6 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     write_run_file(out / MANIFEST, lambda p: atomic_write_text(p, text))
 
 
-def write_run_file(path: Path, write: Callable[[Path], Any]) -> None:
-    """Run ``write(path)``, an atomic write of one of the run's files.
-
-    Raises:
-        OSError with the failure's errno, naming the file and saying that no partial file is
-        left and that a rerun with the same arguments resumes.
-    """
-    try:
-        write(path)
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; no partial file "
-                                 f"is left and finished shards are kept: {remedy(err)} and "
-                                 "rerun with the same arguments to resume") from err
-
-
-def remedy(err: OSError) -> str:
-    """What to do about a failed write: free space (a full disk or quota), else fix it."""
-    return "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
-
-
 def check_same_run(out: Path, old: dict[str, Any] | None, new: dict[str, Any],
                    has_shards: bool) -> None:
     """Raise :class:`RunMismatchError` unless folder ``out``, whose run.json reads ``old``
@@ -135,11 +113,20 @@ def check_same_run(out: Path, old: dict[str, Any] | None, new: dict[str, Any],
                                          "cannot be checked")
     if old is None or old == new:
         return
+    old, new = _flat(old), _flat(new)
     fields = tuple(k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k))
     shown = ", ".join("{} ({} there, {} now)".format(k, *contrast(old.get(k), new.get(k)))
                       for k in fields)
     raise RunMismatchError(str(out), f"holds another run: its {MANIFEST} differs in {shown}",
                            fields)
+
+
+def _flat(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """run.json's entries with its settings among them (each setting by its own name)."""
+    settings = manifest.get("settings")
+    if not isinstance(settings, Mapping):
+        return dict(manifest)
+    return {**{k: v for k, v in manifest.items() if k != "settings"}, **settings}
 
 
 def contrast(a: Any, b: Any, width: int = 60) -> tuple[str, str]:
@@ -166,27 +153,3 @@ def _model_name(bundle: Pretrained) -> str:
     if name and name not in BUNDLED_MODELS and Path(name).is_dir():
         return str(Path(name).resolve())
     return name
-
-
-def _weights_identity(bundle: Pretrained) -> dict[str, Any] | None:
-    """sha256 of the weights file (safetensors or bin), else of the parameters' bytes."""
-    network = getattr(bundle, "model", None)
-    config = getattr(network, "config", None)
-    folder = getattr(config, "_name_or_path", None) if config is not None else None
-    if folder and Path(folder).is_dir():
-        for name in WEIGHT_NAMES:
-            file = Path(folder) / name
-            if file.is_file():
-                digest = hashlib.sha256()
-                with open(file, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                return {"file": name, "sha256": digest.hexdigest()}
-    if isinstance(network, torch.nn.Module):
-        digest = hashlib.sha256()
-        for key, tensor in network.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return {"state_dict_sha256": digest.hexdigest()}
-    return None

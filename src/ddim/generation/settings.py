@@ -1,68 +1,96 @@
 """What determines the images of a run, sample by sample: the settings that ``ddim sample``,
-``ddim eval`` and :func:`ddim.generation.generate.generate` share, checked once and turned into the
-keywords of :func:`ddim.sample_iter` in one place.
+``ddim eval``, the editing commands and :func:`ddim.generation.generate.generate` share, stated
+once.
 
-:class:`SamplingSettings` holds the sampling options (validated by
-:class:`ddim.sampling.options.SampleOptions` when made), the seed, and the class labels, of which
-sample i takes ``class_labels[i % len(class_labels)]``
-(:func:`ddim.sampling.guidance.cycled_labels`).
-:class:`RunSettings` adds what a :func:`~ddim.generation.generate.generate` run needs (count, shard
-and batch sizes, PNGs). Every check raises ``TypeError``/``ValueError`` naming the parameter, the
-value and what is allowed.
+:class:`SamplingSettings` holds the keywords of :func:`ddim.sample_iter` that a run uses
+(``steps``, ``eta``, ``solver``, ``spacing``, ``timesteps``, ``guidance_scale``, ... : any
+option that needs no tensor; each checked by :class:`ddim.sampling.options.SampleOptions`), the
+seed, and the class labels, of which sample i takes ``class_labels[i % len(class_labels)]``
+(:func:`ddim.sampling.guidance.cycled_labels`). Everything that reads a run's settings takes
+them from here: the keywords of each batch (:meth:`SamplingSettings.keywords`), and what is
+recorded (:meth:`SamplingSettings.recorded`), which run.json, the packed .npz and the command
+line's output files all store. A sampling option the command line gains reaches all of them
+through this one object. :class:`RunSettings` adds what a :func:`~ddim.generation.generate.generate`
+run needs (count, shard and batch sizes, PNGs).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from ..checks import check_bool, check_device, check_int, plural
+from ..checks import check_bool, check_int
 from ..images import PIL_MODES
-from ..loading.pretrained import Pretrained, load_pretrained
 from ..maths.grids import DEFAULT_SPACING
 from ..sampling.guidance import check_label_list, class_info, cycled_labels, resolve_labels
-from ..sampling.model_contract import model_device_dtype
 from ..sampling.noise import sample_generators
-from ..sampling.options import DEFAULT_STEPS, SampleOptions
+from ..sampling.options import DEFAULT_STEPS, SampleOptions, check_keywords
 from ..sampling.sampler import SampleStep, sample_iter
-from .shards import count_shards
+
+# the keywords of sample_iter a run does not take: it sets them per batch, or they hold
+# tensors or functions that no record can hold
+NOT_SETTINGS = ("x_T", "shape", "batch_size", "generator", "class_labels", "model_kwargs",
+                "uncond_kwargs", "callback", "progress", "device", "dtype", "max_batch_size",
+                "schedule", "x_name")
 
 
-@dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
-    """The sampling settings of a run, checked when made.
+    """The sampling settings of a run, checked when made (immutable).
 
-    ``steps``, ``eta``, ``spacing``, ``solver`` and ``guidance_scale`` as in
-    :func:`ddim.sample` (checked by :class:`~ddim.sampling.options.SampleOptions`; what needs the
-    model, such as steps <= T, by :meth:`check_model`); ``seed`` >= 0: sample i draws its noise from
-    the generator of (seed, i); ``class_labels``: None, one label, or a list of which sample i
-    takes entry i mod its length; a label is an integer or ``"null"`` (the model's null class,
-    replaced by :meth:`for_model`). Kept as a tuple.
+    Args:
+        seed: >= 0; sample i draws its noise from the generator of (seed, i)
+            (:func:`ddim.sampling.noise.sample_generators`).
+        class_labels: None, one label, or a list of which sample i takes entry i mod its
+            length; a label is an integer or ``"null"`` (the model's null class, replaced by
+            :meth:`for_model`). Kept as a tuple.
+        **options: keywords of :func:`ddim.sample_iter` (``steps``, ``eta``, ``solver``,
+            ``spacing``, ``timesteps``, ``guidance_scale``, ...), checked as it checks them
+            (what needs the model, such as steps <= T, by :meth:`check_model`). ``steps``,
+            ``eta``, ``solver`` and (without ``timesteps``) ``spacing`` are recorded with their
+            defaults when not given.
 
     Raises:
-        TypeError / ValueError naming the field and what is allowed.
+        TypeError / ValueError naming the option and what is allowed.
     """
 
-    steps: int = DEFAULT_STEPS
-    eta: float = 0.0
-    spacing: str = DEFAULT_SPACING
-    solver: str = "ddim"
-    seed: int = 0
-    class_labels: tuple[int | str, ...] | None = None
-    guidance_scale: float | None = None
+    __slots__ = ("options", "seed", "class_labels")
 
-    def __post_init__(self) -> None:
-        options = SampleOptions(steps=self.steps, eta=self.eta, spacing=self.spacing,
-                                solver=self.solver, guidance_scale=self.guidance_scale)
-        _set(self, steps=DEFAULT_STEPS if self.steps is None else self.steps, eta=options.eta,
-             spacing=options.spacing or DEFAULT_SPACING,  # None: the defaults, recorded
-             seed=check_int("seed", self.seed, low=0),
-             class_labels=check_label_list(self.class_labels))
+    def __init__(self, *, seed: int = 0, class_labels: Any = None, **options: Any) -> None:
+        check_keywords(type(self).__name__, options, refused=NOT_SETTINGS)
+        checked = SampleOptions(**options)  # every check that needs no model
+        values = dict(steps=DEFAULT_STEPS, eta=0.0, solver="ddim")
+        if checked.timesteps is None:
+            values["spacing"] = DEFAULT_SPACING
+        values.update({k: getattr(checked, k) for k in options
+                       if getattr(checked, k) is not None})  # None: the option's default
+        if checked.timesteps is not None and checked.steps is None:
+            values["steps"] = len(checked.timesteps)
+        object.__setattr__(self, "options", dict(values))
+        object.__setattr__(self, "seed", check_int("seed", seed, low=0))
+        object.__setattr__(self, "class_labels", check_label_list(class_labels))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.recorded() == other.recorded()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.recorded()})"
+
+    @property
+    def steps(self) -> int:
+        """S, the number of model calls per sample."""
+        return self.options["steps"]
+
+    def replaced(self, **changes: Any) -> SamplingSettings:
+        """These settings with ``changes`` (``seed``, ``class_labels`` or options)."""
+        return type(self)(**{**self._arguments(), **changes})
+
+    def _arguments(self) -> dict[str, Any]:
+        return dict(self.options, seed=self.seed, class_labels=self.class_labels)
 
     def for_model(self, model: Any) -> SamplingSettings:
         """These settings with ``"null"`` labels replaced by ``model``'s null class.
@@ -73,17 +101,16 @@ class SamplingSettings:
         """
         if self.class_labels is None:
             return self
-        return replace(self, class_labels=resolve_labels(self.class_labels, *class_info(model)))
+        return self.replaced(class_labels=resolve_labels(self.class_labels, *class_info(model)))
 
     def keywords(self, lo: int, hi: int, x_T: torch.Tensor | None = None) -> dict[str, Any]:
         """The keywords of :func:`ddim.sample_iter` for samples ``lo .. hi-1`` of the run:
-        their generators and labels, and ``batch_size`` = hi - lo, or ``x_T`` (hi-lo, ...)
-        when given. Labels must be resolved (:meth:`for_model`)."""
+        the options, their generators and labels, and ``batch_size`` = hi - lo, or ``x_T``
+        (hi-lo, ...) when given. Labels must be resolved (:meth:`for_model`)."""
         labels = (None if self.class_labels is None
                   else cycled_labels(self.class_labels, lo, hi))
         start = {"batch_size": hi - lo} if x_T is None else {"x_T": x_T}
-        return dict(steps=self.steps, eta=self.eta, spacing=self.spacing, solver=self.solver,
-                    class_labels=labels, guidance_scale=self.guidance_scale,
+        return dict(self.options, class_labels=labels,
                     generator=sample_generators(self.seed, lo, hi), **start)
 
     def check_model(self, model: Any, device: torch.device | None = None) -> None:
@@ -121,13 +148,13 @@ class SamplingSettings:
         return torch.cat(chunks)
 
     def recorded(self) -> dict[str, Any]:
-        """The settings as JSON values, in the order run.json records them."""
-        return dict(steps=self.steps, eta=self.eta, solver=self.solver, spacing=self.spacing,
-                    seed=self.seed, class_labels=_json(self.class_labels),
-                    guidance_scale=_json(self.guidance_scale))
+        """The settings as JSON values: the options (in the order given, defaults first),
+        then ``seed`` and ``class_labels``. What run.json, the packed .npz and the command
+        line's output files record."""
+        return {**{k: _json(v) for k, v in self.options.items()}, "seed": self.seed,
+                "class_labels": _json(self.class_labels)}
 
 
-@dataclass(frozen=True, kw_only=True)
 class RunSettings(SamplingSettings):
     """The settings of a :func:`ddim.generation.generate.generate` run: those of
     :class:`SamplingSettings`, and ``num`` >= 1 samples, ``shard_size`` >= 1 samples per file,
@@ -137,17 +164,21 @@ class RunSettings(SamplingSettings):
         TypeError / ValueError naming the field and what is allowed.
     """
 
-    num: int
-    shard_size: int
-    batch_size: int
-    png: bool = False
+    __slots__ = ("num", "shard_size", "batch_size", "png")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        shard_size = check_int("shard_size", self.shard_size, low=1)
-        _set(self, num=check_int("num", self.num, low=1), shard_size=shard_size,
-             batch_size=min(check_int("batch_size", self.batch_size, low=1), shard_size),
-             png=check_bool("png", self.png))
+    def __init__(self, *, num: int, shard_size: int, batch_size: int, png: bool = False,
+                 **settings: Any) -> None:
+        super().__init__(**settings)
+        shard_size = check_int("shard_size", shard_size, low=1)
+        object.__setattr__(self, "num", check_int("num", num, low=1))
+        object.__setattr__(self, "shard_size", shard_size)
+        object.__setattr__(self, "batch_size",
+                           min(check_int("batch_size", batch_size, low=1), shard_size))
+        object.__setattr__(self, "png", check_bool("png", png))
+
+    def _arguments(self) -> dict[str, Any]:
+        return dict(super()._arguments(), num=self.num, shard_size=self.shard_size,
+                    batch_size=self.batch_size, png=self.png)
 
     def check_model(self, model: Any, device: torch.device | None = None) -> None:
         """As :meth:`SamplingSettings.check_model`, and that ``png`` has 1- or 3-channel
@@ -158,90 +189,15 @@ class RunSettings(SamplingSettings):
                              f"{model.sample_shape[0]} channels: ask for no PNGs")
 
     def recorded(self) -> dict[str, Any]:
-        """The settings that run.json records, in its order."""
+        """The settings that run.json records: ``num``, those of
+        :meth:`SamplingSettings.recorded`, ``shard_size``."""
         return dict(num=self.num, **super().recorded(), shard_size=self.shard_size)
 
 
-def _set(settings: Any, **values: Any) -> None:
-    """Store checked (normalised) values in a frozen settings object."""
-    for name, value in values.items():
-        object.__setattr__(settings, name, value)
-
-
 def _json(value: Any) -> Any:
+    """A setting as a JSON value: tuples become lists, numbers stay numbers."""
     if isinstance(value, tuple):
-        return list(value)
-    return None if value is None else float(value)
-
-
-# ---------------------------------------------------------------------------- the run's frame
-class TooManyProcessesError(ValueError):
-    """More processes than shards. :meth:`message` words it for another interface."""
-
-    def __init__(self, world_size: int, shards: int, num: int, shard_size: int) -> None:
-        self.world_size, self.shards, self.num, self.shard_size = (world_size, shards, num,
-                                                                    shard_size)
-        super().__init__(self.message())
-
-    def message(self, processes: str = "world_size={} processes",
-                shard_size: str = "shard_size") -> str:
-        """The message, with ``processes`` (formatted with the count) and ``shard_size``
-        naming the two settings."""
-        shards = self.shards
-        return (f"{processes.format(self.world_size)} but the run has only "
-                f"{plural(shards, 'shard')} ({plural(self.num, 'sample')}, {shard_size} "
-                f"{self.shard_size}): {self.world_size - shards} would idle; start at most "
-                f"{plural(shards, 'process', 'processes')} or pass a smaller {shard_size}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (broadcast to other ranks)
-        return type(self), (self.world_size, self.shards, self.num, self.shard_size)
-
-
-def check_world_size(num: int, shard_size: int, world_size: int) -> None:
-    """Refuse more processes than shards: the extra ones would idle (almost always a mistake).
-
-    Raises:
-        TooManyProcessesError (a ValueError): world_size > ceil(num / shard_size).
-    """
-    shards = count_shards(num, shard_size)
-    if world_size > shards:
-        raise TooManyProcessesError(world_size, shards, num, shard_size)
-
-
-def check_out_dir(out_dir: Any) -> Path:
-    """``out_dir`` as a Path, which may be missing but not a file.
-
-    Raises:
-        TypeError: not a string or path. ValueError: it exists and is not a folder.
-    """
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise TypeError(f"out_dir must be a string or path, got {type(out_dir).__name__}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {str(out)!r} exists and is not a folder")
-    return out
-
-
-def bundle_on_device(model: Any, device: Any) -> tuple[Pretrained, torch.device]:
-    """(bundle, the device it samples on): ``model`` as given, or loaded onto ``device`` when
-    it is a name or folder; ``device`` None means where the network is (else the CPU).
-
-    Raises:
-        TypeError: model is neither a bundle nor a name. ValueError: device is not where the
-        bundle's network is. :class:`ddim.PretrainedError` from loading.
-    """
-    device = check_device("device", device)
-    if isinstance(model, (str, os.PathLike)):
-        model = load_pretrained(model, device=device)
-    if not isinstance(model, Pretrained):
-        raise TypeError("model must be a ddim.Pretrained bundle (ddim.load_pretrained) or a "
-                        f"model name or folder, got {type(model).__name__}")
-    model_device, _ = model_device_dtype(model)
-    model_device = model_device or torch.device("cpu")
-    if device is None:
-        return model, model_device
-    if device.type != model_device.type or (
-            device.index is not None and device.index != model_device.index):
-        raise ValueError(f"device={str(device)!r} but the model is on {model_device}; move it "
-                         "first (bundle.to(device)) or pass the model by name")
-    return model, model_device
+        return [_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json(v) for k, v in value.items()}
+    return value

@@ -1,5 +1,4 @@
-"""The shard files of a :func:`ddim.generation.generate.generate` run, and :func:`pack`, which
-joins them.
+"""The shard files of a :func:`ddim.generation.generate.generate` run (:mod:`.pack` joins them).
 
 The run's folder::
 
@@ -20,16 +19,14 @@ write when.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from ..checks import plural
 from ..images import save_npz, save_png
-from .manifest import MANIFEST, read_manifest, remedy, run_identity, write_run_file
+from .run_files import MANIFEST, write_run_file
 
 PNG_DIR = "png"
 _SHARD_FILE = re.compile(r"^shard-(\d+)\.npz$")
@@ -62,11 +59,6 @@ def shard_numbers(out: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in map(_SHARD_FILE.match, names) if m)
 
 
-def _names(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
 # ---------------------------------------------------------------------------- shards, PNGs
 def read_shard(path: Path, lo: int, hi: int, hwc: tuple[int, int, int], run_id: str
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +87,7 @@ def read_shard(path: Path, lo: int, hi: int, hwc: tuple[int, int, int], run_id: 
 
 def write_shard(path: Path, images: np.ndarray, lo: int, run_id: str) -> None:
     """Write uint8 ``images`` (n, H, W, C) of samples lo.. as a shard of the run of identity
-    ``run_id``. Raises OSError as :func:`ddim.generation.manifest.write_run_file`."""
+    ``run_id``. Raises OSError as :func:`ddim.generation.run_files.write_run_file`."""
     indices = np.arange(lo, lo + len(images), dtype=np.int64)
     write_run_file(path, lambda p: save_npz(p, images, indices=indices, run_id=run_id))
 
@@ -132,63 +124,3 @@ def remove_run_files(out: Path) -> None:
     for file in (out / PNG_DIR).glob("*.png"):
         if file.stem.isdigit():
             file.unlink()
-
-
-# ---------------------------------------------------------------------------- pack
-_PACKED = ("model", "steps", "eta", "solver", "seed", "spacing", "class_labels",
-           "guidance_scale", "num", "seed_rule", "ddim_version")  # copied from run.json
-
-
-def pack(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Join the shards of the run in ``out_dir`` into one ``.npz`` at ``path``, atomically.
-
-    The file holds ``images`` (num, H, W, C) uint8 in index order and the run's settings
-    (``manifest``: run.json as text, plus its ``model``, ``steps``, ``eta``, ``solver``,
-    ``seed``, ``spacing``, ``class_labels`` and ``guidance_scale`` when set, ``num``,
-    ``seed_rule`` and ``ddim_version``).
-
-    Raises:
-        ValueError: no run.json in out_dir, ``path`` not ending in ``.npz``, shard files that
-            are not part of the run, or shards missing, unreadable or written by another run
-            (each listed with its reason).
-        OSError: ``path`` cannot be written (no partial file is left); the message says that
-            the shards are complete.
-    """
-    out = Path(out_dir)
-    manifest = read_manifest(out / MANIFEST)
-    if manifest is None:
-        raise ValueError(f"out_dir {str(out)!r} holds no {MANIFEST}: not the folder of a "
-                         "generate run")
-    if not str(path).lower().endswith(".npz"):
-        raise ValueError(f"path must end in .npz, got {str(path)!r}")
-    num, shard_size, run_id = manifest["num"], manifest["shard_size"], run_identity(manifest)
-    c, h, w = manifest["sample_shape"]
-    n = count_shards(num, shard_size)
-    extra = [shard_name(k) for k in shard_numbers(out) if k >= n]
-    if extra:
-        raise ValueError(f"{out} holds shard files that are not part of its run of "
-                         f"{plural(n, 'shard')}: "
-                         f"{_names(extra)}")
-    images = np.empty((num, h, w, c), dtype=np.uint8)
-    bad = []
-    for k in range(n):
-        lo, hi = shard_range(k, num, shard_size)
-        try:
-            images[lo:hi] = read_shard(out / shard_name(k), lo, hi, (h, w, c), run_id)[0]
-        except ShardError as err:
-            bad.append(f"{shard_name(k)} ({err})")
-    if bad:
-        raise ValueError(f"cannot pack {out}: {len(bad)} of {n} shards missing, unreadable or "
-                         f"not of the run its {MANIFEST} describes: {_names(bad)}; rerun the "
-                         "generation with the same arguments to make them")
-    settings = {k: manifest[k] for k in _PACKED if manifest.get(k) is not None}
-    try:
-        return save_npz(path, images, manifest=json.dumps(manifest), **settings)
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; no partial "
-                                 f"file is left, and {_shards_in(n, out)} complete: "
-                                 f"{remedy(err)} and pack again") from err
-
-
-def _shards_in(n: int, out: Path) -> str:
-    return f"the {n} shards in {out} are" if n != 1 else f"the shard in {out} is"
