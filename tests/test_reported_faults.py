@@ -226,7 +226,8 @@ def test_another_spatial_size_only_where_the_unet_allows_it():
 # ------------------------------------------------------------- 21. η above what the grid allows
 @pytest.mark.parametrize("eta", [1.2, 1e6])
 def test_eta_above_the_grid_limit_is_refused(eta):
-    limit = float(ddim.maths.ddim_step.max_eta(*grid_levels(SCHED, timesteps(SCHED, 5))).min())
+    levels = grid_levels(SCHED, timesteps(SCHED, 5))
+    limit = float(ddim.maths.ddim_coefficients.max_eta(*levels).min())
     assert 1 < limit < 1.1
     with pytest.raises(ValueError, match=re.escape(f"eta={eta:g} is too large for this grid: ")
                        + ".* the largest eta this grid allows is " + f"{limit:.6g}"):
@@ -241,7 +242,7 @@ def test_eta_above_the_grid_limit_is_refused(eta):
 @pytest.mark.parametrize("steps", [1, 2, 5, 50, 1000])
 def test_eta_up_to_one_always_fits(steps):
     a_t, a_prev = grid_levels(SCHED, timesteps(SCHED, steps))
-    assert (ddim.maths.ddim_step.max_eta(a_t, a_prev) > 1).all()
+    assert (ddim.maths.ddim_coefficients.max_eta(a_t, a_prev) > 1).all()
     ddim.sample(Recorder(), steps, 1.0, x_T=_image(1), generator=torch.Generator())
     ddim.sample(Recorder(), steps, x_T=_image(1), sigma_hat=True, generator=torch.Generator())
 

@@ -8,6 +8,7 @@ The stepper is driven with prediction_type "sample", so that the model output it
 the data prediction x̂0 itself.
 """
 
+import copy
 import math
 
 import pytest
@@ -73,7 +74,7 @@ def _models(tiny_unet, schedule, prediction_type):
     oracle = mixture.model(schedule, prediction_type)
     models = {"oracle": lambda x, t: oracle(x, t.reshape(1).expand(x.shape[0]))}
     if tiny_unet is not None:
-        unet = tiny_unet.double()  # a random-init UNet predicts whatever we call its output
+        unet = copy.deepcopy(tiny_unet).double()  # a random-init UNet predicts whatever
 
         def run_unet(x, t):
             with torch.no_grad():

@@ -6,16 +6,11 @@ import pytest
 import torch
 
 import ddim
-from ddim.maths.ddim_step import (
-    ddim_sigma,
-    ddim_step,
-    fused_coefficients,
-    output_coefficients,
-    predict_x0_eps,
-    process_x0,
-    step_coefficients,
-)
+from ddim.maths.ddim_coefficients import ddim_sigma, fused_coefficients, step_coefficients
+from ddim.maths.ddim_step import ddim_step
 from ddim.maths.grids import grid_levels, timesteps
+from ddim.maths.prediction import output_coefficients, predict_x0_eps
+from ddim.maths.thresholding import process_x0
 
 F64 = dict(dtype=torch.float64)
 

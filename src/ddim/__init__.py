@@ -31,7 +31,7 @@ _EXPORTS = {
     "BUNDLED_MODELS": "loading.pretrained", "Pretrained": "loading.pretrained",
     "PretrainedError": "loading.folders", "load_pretrained": "loading.pretrained",
     "NoiseSchedule": "maths.schedule",
-    "StepOutput": "maths.ddim_step", "ddim_sigma": "maths.ddim_step",
+    "StepOutput": "maths.ddim_step", "ddim_sigma": "maths.ddim_coefficients",
     "ddim_step": "maths.ddim_step",
     "predict_x0_eps": "maths.prediction",
     "NonFiniteError": "sampling.model_contract",
@@ -66,7 +66,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load l
     from .images import make_grid, save_image_grid, to_pil, to_uint8
     from .loading.folders import PretrainedError
     from .loading.pretrained import BUNDLED_MODELS, Pretrained, load_pretrained
-    from .maths.ddim_step import StepOutput, ddim_sigma, ddim_step
+    from .maths.ddim_coefficients import ddim_sigma
+    from .maths.ddim_step import StepOutput, ddim_step
     from .maths.prediction import predict_x0_eps
     from .maths.schedule import NoiseSchedule
     from .sampling.model_contract import NonFiniteError

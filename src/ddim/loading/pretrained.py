@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..maths.ddim_step import PREDICTION_TYPES
+from ..maths.prediction import PREDICTION_TYPES
 from ..maths.schedule import NoiseSchedule
 from ..sampling.model_contract import as_model_fn, model_device_dtype
 from . import folders as files

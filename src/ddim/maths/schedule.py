@@ -9,7 +9,7 @@ Notation (DDIM paper, Song, Meng & Ermon 2021; ᾱ is the paper's α):
 ====================  =========================================================
 
 The schedule holds marginals only: the sampling grids are :mod:`ddim.maths.grids`, DDIM's
-σ_t(η) is :func:`ddim.maths.ddim_step.ddim_sigma`.
+σ_t(η) is :func:`ddim.maths.ddim_coefficients.ddim_sigma`.
 
 A :class:`NoiseSchedule` is an immutable value: every accessor returns a fresh tensor, so no
 caller can change the schedule another caller sees.

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..checks import check_choice
-from ..maths.ddim_step import check_eta_fits
+from ..maths.ddim_coefficients import check_eta_fits
 from ..maths.grids import GridSpec, grid_levels, grid_spec, grid_timesteps
 from ..maths.prediction import PREDICTION_TYPES, refuse_zero_snr_epsilon
 from ..maths.schedule import NoiseSchedule, default_schedule

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..maths.ddim_step import ddim_coefficients
+from ..maths.ddim_coefficients import ddim_coefficients
 from ..maths.dpm_solver import (
     dpmpp_2m_sde_update,
     dpmpp_2m_update,

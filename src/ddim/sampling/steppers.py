@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..maths.ddim_step import DDIMCoefficients, StepOutput, apply_step
+from ..maths.ddim_coefficients import DDIMCoefficients
+from ..maths.ddim_step import StepOutput, apply_step
 from ..maths.prediction import output_coefficients, predict_x0_eps, sqrt
 from ..maths.thresholding import ClipSample, process_x0
 
@@ -57,7 +58,7 @@ class DDIMStepper:
 
     Args:
         solver: the registry entry (unused: DDIM has one update).
-        coefficients: per step, from :func:`ddim.maths.ddim_step.ddim_coefficients`.
+        coefficients: per step, from :func:`ddim.maths.ddim_coefficients.ddim_coefficients`.
         alpha_bar_t: ᾱ of every grid point (floats).
         prediction_type: what the model predicts.
         x0: x̂0 processing (and ``rederive_eps``).
