@@ -24,11 +24,13 @@ device than CUDA, a capture that fails) is run by the eager loop instead, with a
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import torch
 
 from ..sampling.model_contract import OutputProbe
 from ..sampling.plan import Plan
+from ..sampling.sampler import loop
 
 
 class StaticLoop:
@@ -52,14 +54,15 @@ class StaticLoop:
                 self.noise[k].copy_(source())
 
     def body(self) -> None:
-        """The loop: model calls, probes, updates; kernels only (capturable)."""
-        plan, x = self.plan, self.x
+        """The sampler's loop (:func:`ddim.sampling.sampler.loop`) over the static buffers,
+        with the noise drawn ahead; kernels only (capturable: no host sync)."""
+        plan = replace(self.plan, x=self.x)
         draws = iter(self.noise) if self.draws else None
         stepper = plan.stepper(noise=(lambda: next(draws)) if draws is not None else None)
-        for i in range(len(plan.grid)):
-            out = plan.call(x, i)
-            self.probe.record(i, out)
-            x = stepper(i, x, out, False).prev_sample
+        x = self.x
+        for step in loop(plan, False, guard=False, stepper=stepper, probe=self.probe,
+                         check=False):
+            x = step.sample
         self.probe.record(len(plan.grid), x)
         self.out = x
 

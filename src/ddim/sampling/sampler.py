@@ -234,16 +234,23 @@ def without_autograd(compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     return x if torch.is_inference_mode_enabled() else x.clone()
 
 
-def loop(plan: Plan, details: bool, guard: bool = True) -> Iterator[SampleStep]:
-    """The sampling loop over ``plan``'s grid; ``details=False`` leaves pred_x0/pred_eps None
-    where the fused step skips them (the samples are the same either way).
+def loop(plan: Plan, details: bool, guard: bool = True, *, stepper: Any = None,
+         probe: OutputProbe | None = None, check: bool = True) -> Iterator[SampleStep]:
+    """The sampling loop over ``plan``'s grid, from ``plan.x``: the one loop of the library
+    (the whole-loop CUDA graph captures it too; inversion and inpainting have their own, see
+    their modules). ``details=False`` leaves pred_x0/pred_eps None where the fused step skips
+    them (the samples are the same either way).
 
     With ``guard`` each step runs under ``torch.no_grad()`` (sampling builds no graph),
     entered per step so that the caller's grad mode never leaks across a ``yield``; without,
-    the caller has switched autograd off itself (:func:`run`).
+    the caller has switched autograd off itself (:func:`run`). ``stepper`` and ``probe``
+    replace the plan's own (a graph draws its noise ahead and keeps its probes in static
+    buffers); ``check=False`` leaves the probes unchecked (a graph checks them after its
+    replay: checking is a host sync).
     """
     x, grid, callback = plan.x, plan.grid, plan.options.callback
-    stepper, probe = plan.stepper(), OutputProbe(grid, x.device, x.dtype)
+    stepper = plan.stepper() if stepper is None else stepper
+    probe = OutputProbe(grid, x.device, x.dtype) if probe is None else probe
     no_grad = torch.no_grad if guard else contextlib.nullcontext
     for i in progress_bar(range(len(grid)), plan.options.progress, "sampling"):
         with no_grad():
@@ -253,7 +260,8 @@ def loop(plan: Plan, details: bool, guard: bool = True) -> Iterator[SampleStep]:
         if callback is not None:
             callback(i, grid[i], x, pred_x0)
         yield SampleStep(i, grid[i], x, pred_x0, pred_eps)
-    probe.check(x)
+    if check:
+        probe.check(x)
 
 
 def progress_bar(it: Sequence[int], enabled: bool, desc: str) -> Sequence[int]:
