@@ -178,12 +178,16 @@ def test_solver_with_eta_is_refused_before_loading_everywhere(argv, capsys,
 
 
 @pytest.mark.usefixtures("no_loading")
-def test_invert_takes_no_solver_and_inpaint_no_resample_with_one(capsys,
-                                                                tmp_path, monkeypatch):
+def test_invert_refuses_what_does_not_invert_and_inpaint_resample_a_multistep_solver(
+        capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     np.savez("in.npz", images=np.zeros((2, 4, 4, 1), np.uint8))
     check_error(capsys, ["invert", "--images", "in.npz", "--out", "l.npz", "--solver",
-                         "unipc"], 2, "unrecognized arguments: --solver unipc")
+                         "unipc"], 2, "--solver/--method: solver='unipc' cannot invert: its "
+                "corrector, run upwards, amplifies the error")
+    check_error(capsys, ["invert", "--images", "in.npz", "--out", "l.npz", "--solver",
+                         "ipndm", "--method", "fixed_point"], 2, "--solver/--method: "
+                "method='fixed_point' solves one step at a time")
     check_error(capsys, ["inpaint", "--images", "in.npz", "--keep", "left", "--resample", 2,
                          "--solver", "dpmpp_2m", "--out", "o.png"], 2,
                 "--resample/--solver: resample=2 repeats steps, which a multistep solver cannot")
@@ -199,8 +203,7 @@ def test_every_subcommand_documents_class_guidance_threads_and_solver(command, c
                      "--threads N CPU threads torch may use (torch.set_num_threads), set "
                      "before any work", "(default: torch's own choice)"]:
         assert fragment in text, (command, fragment)
-    assert ("--solver {" + ",".join(SOLVER_NAMES) + "}" in text) == (
-        command != "invert")
+    assert "--solver {" + ",".join(SOLVER_NAMES) + "}" in text  # every command, invert too
 
 
 # ---------------------------------------------------------------- --threads
@@ -232,20 +235,24 @@ def latents(fakes, tmp_path):
 
 def test_latents_record_their_grid_and_another_is_refused(latents, capsys, tmp_path):
     """The reported example: latents inverted at 50 steps decoded with --steps 10 without a
-    word. The file records steps and spacing; another grid is refused naming both."""
+    word. The file records steps, spacing and solver; another grid (or solver) is refused
+    naming both."""
     data = load_npz(latents)
-    assert (int(data["steps"]), str(data["spacing"]), str(data["method"])) == (
-        5, "trailing", "ddim")
+    assert (int(data["steps"]), str(data["spacing"]), str(data["solver"]),
+            str(data["method"])) == (5, "trailing", "ddim", "ddim")
     capsys.readouterr()
     check_error(capsys, ["sample", "--model", "tiny", "--latents", latents, "--steps", 3,
                          "--out", tmp_path / "s.png"], 2,
                 f"--latents: {latents} was inverted on the grid of steps 5, spacing trailing, "
-                "but this run uses steps 3, spacing trailing: decoding on another grid does "
-                "not reconstruct the images; pass --steps 5 --spacing trailing, or "
-                "--latents-any-grid to decode them anyway")
+                "solver ddim, but this run uses steps 3, spacing trailing, solver ddim: "
+                "decoding on another grid does not reconstruct the images; pass --steps 5 "
+                "--spacing trailing --solver ddim, or --latents-any-grid to decode them anyway")
     check_error(capsys, ["sample", "--model", "tiny", "--latents", latents, "--steps", 5,
                          "--spacing", "leading", "--out", tmp_path / "s.png"], 2,
-                "but this run uses steps 5, spacing leading")
+                "but this run uses steps 5, spacing leading, solver ddim")
+    check_error(capsys, ["sample", "--model", "tiny", "--latents", latents, "--steps", 5,
+                         "--solver", "ipndm", "--out", tmp_path / "s.png"], 2,
+                "but this run uses steps 5, spacing trailing, solver ipndm")
 
 
 def test_latents_on_their_grid_or_any_grid_when_asked(latents, tmp_path):

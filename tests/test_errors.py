@@ -641,9 +641,15 @@ def test_invert_names_x0_nan(x_T):
             torch.full((1, 1, 2, 2), math.nan), 3)
 
 
-def test_tensor_steps_named_steps(x_T):
-    _raises(TypeError, r"steps must be an integer", ddim.sample, zeros_model,
-            torch.tensor(10), x_T=x_T)
+def test_a_step_count_is_any_integer_scalar_and_nothing_else(x_T):
+    import numpy as np
+
+    want = ddim.sample(eps_model, 10, x_T=x_T)
+    for steps in (np.int64(10), torch.tensor(10), np.array(10)):
+        assert torch.equal(ddim.sample(eps_model, steps, x_T=x_T), want)
+    for steps in (torch.tensor([10]), torch.tensor(10.0), np.bool_(True)):
+        _raises(TypeError, r"^steps must be an integer in \[1, 1000\], got ", ddim.sample,
+                zeros_model, steps, x_T=x_T)
 
 
 def test_string_timesteps_named_timesteps(x_T):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,12 +25,17 @@ def require_package(module: str, package: str, purpose: str) -> None:
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as an int in [low, high]; bools, floats and strings are refused."""
+    """``value`` as an int in [low, high]: a Python or numpy integer, or a 0-d integer
+    tensor or array (anything with ``__index__``); bools, floats and strings are refused."""
     allowed = _range_text(low, high)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    try:
+        if isinstance(value, bool) or getattr(value, "ndim", 0) != 0 or str(
+                getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
         raise TypeError(f"{name} must be an integer{allowed}, got {value!r} "
-                        f"({type(value).__name__})")
-    value = int(value)
+                        f"({type(value).__name__})") from None
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name} must be an integer{allowed}, got {value}")
     return value

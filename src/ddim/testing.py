@@ -85,25 +85,34 @@ class GaussianMixture:
         score = -(r * (x64[:, None] - a.sqrt() * self.means) / var).sum(1)
         return -(1 - a[:, 0]).sqrt() * score
 
+    def x0(self, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """x0*(x_t) = E[x0 | x_t], float64, x's shape: per component μ_k + sqrt(ᾱ)s_k²/(ᾱs_k² +
+        1 - ᾱ)·(x_t - sqrt(ᾱ)μ_k), weighted by p(k | x_t). Defined at every level, ᾱ = 0
+        (zero terminal SNR: the data mean) included."""
+        x64 = x.to(torch.float64)
+        a = _per_sample(alpha_bar, x64)[:, None]
+        gain = a.sqrt() * self.stds**2 / (a * self.stds**2 + (1 - a))
+        r = self.log_responsibilities(x64, alpha_bar).exp()
+        r = r.reshape(r.shape + (1,) * (x64.ndim - 1))
+        return (r * (self.means + gain * (x64[:, None] - a.sqrt() * self.means))).sum(1)
+
     def model(self, schedule: NoiseSchedule, prediction_type: str = "epsilon"):
         """A model ``fn(x, t)`` returning the optimal ε (or x0, or v) at training step t.
 
-        The output has x's dtype; the math runs in float64.
+        The output has x's dtype; the math runs in float64. x0 and v come from
+        :meth:`x0` and ε (never from dividing by sqrt(ᾱ)), so they are exact at ᾱ = 0 too.
         """
         alphas = schedule.alphas_cumprod
 
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             a = alphas[t.cpu()].to(x.device)
-            e = self.eps(x, a)
             ab = a.reshape(a.shape + (1,) * (x.ndim - 1))
-            x64 = x.to(torch.float64)
             if prediction_type == "epsilon":
-                out = e
+                out = self.eps(x, a)
             elif prediction_type == "sample":
-                out = (x64 - (1 - ab).sqrt() * e) / ab.sqrt()
+                out = self.x0(x, a)
             elif prediction_type == "v_prediction":
-                x0 = (x64 - (1 - ab).sqrt() * e) / ab.sqrt()
-                out = ab.sqrt() * e - (1 - ab).sqrt() * x0
+                out = ab.sqrt() * self.eps(x, a) - (1 - ab).sqrt() * self.x0(x, a)
             else:
                 raise ValueError(f"unknown prediction_type {prediction_type!r}")
             return out.to(x.dtype)

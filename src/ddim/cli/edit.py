@@ -26,7 +26,7 @@ from .._version import __version__
 from ..atomic import atomic_write
 from ..editing.img2img import img2img
 from ..editing.inpaint import check_resample, inpaint
-from ..editing.inversion import METHODS, invert
+from ..editing.inversion import METHODS, check_inversion, invert
 from ..images import from_uint8
 from ..loading.pretrained import Pretrained
 from ..sampling.guidance import cycled_labels
@@ -53,8 +53,9 @@ IMAGE_FORMATS = (".png", ".npz")
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Add the ``invert``, ``inpaint`` and ``img2img`` subcommands to ``commands``."""
     p = _add_parser(commands, "invert", "encode images to DDIM latents x_T (η = 0)",
-                    "Deterministic DDIM inversion x0 -> x_T. The .npz records --steps and "
-                    "--spacing; decode it with `ddim sample --latents FILE` on that grid.",
+                    "Deterministic DDIM inversion x0 -> x_T (or with a multistep --solver). "
+                    "The .npz records --steps, --spacing and --solver; decode it with "
+                    "`ddim sample --latents FILE` on that grid, with that solver.",
                     "output .npz with 'latents' float32 (N, C, H, W)")
     p.add_argument("--method", choices=METHODS, default="ddim",
                    help="ddim: one model call per step; fixed_point: implicit steps that "
@@ -99,12 +100,17 @@ def run_invert(args: argparse.Namespace) -> int:
     """``ddim invert``: images -> latents (.npz), recording the grid they belong to."""
     start = time.perf_counter()
     out = check_output(args.out, (".npz",))
+    try:  # before the images are read and the model loads
+        check_inversion(args.solver, args.method)
+    except ValueError as err:
+        raise CliError(f"--solver/--method: {err}") from None
     bundle, images, labels = _load(args, read_images(args.images))
     latents = _run(lambda: invert(bundle, images, method=args.method,
                                   max_iters=args.max_iters, class_labels=labels,
                                   **library_options(args, "invert")))
     arrays = dict(latents=latents.cpu().numpy().astype(np.float32), model=str(args.model),
-                  steps=args.steps, spacing=args.spacing, method=args.method,
+                  steps=args.steps, spacing=args.spacing, solver=args.solver,
+                  method=args.method,
                   class_labels=None if labels is None else labels.numpy(),
                   guidance_scale=args.guidance_scale, ddim_version=__version__)
     with writing(out):

@@ -103,7 +103,7 @@ class Option:
 
 _MANY = frozenset({"sample", "eval", "generate"})  # many images, in batches
 _PNG = frozenset({"sample", "invert", "inpaint", "img2img"})
-_SOLVED = COMMANDS - {"invert"}  # inversion is DDIM's: it takes no solver and no η
+_NOISY = COMMANDS - {"invert"}  # inversion is deterministic: it takes no η
 
 OPTIONS: tuple[Option, ...] = (
     Option("--model", f"bundled model {BUNDLED_MODELS}, diffusers folder or hub id",
@@ -111,9 +111,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--steps", "number of DDIM steps, 1..T (the model's training steps)",
            dict(type=positive_int, default=DEFAULT_STEPS), keyword="steps"),
     Option("--eta", "η >= 0: 0 deterministic DDIM, 1 DDPM-like",
-           dict(type=number_in(0.0), default=0.0), _SOLVED, keyword="eta"),
+           dict(type=number_in(0.0), default=0.0), _NOISY, keyword="eta"),
     Option("--solver", f"the update after each model call (η > 0 is ddim's only): "
-           f"{solver_help()}", dict(choices=SOLVER_NAMES, default="ddim"), _SOLVED,
+           f"{solver_help()}", dict(choices=SOLVER_NAMES, default="ddim"),
            keyword="solver"),
     Option("--spacing", "where the steps go: trailing starts at T-1 for every step count; "
            "leading is the paper's uniform grid",

@@ -96,13 +96,13 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def check_grid(args: argparse.Namespace, grid: dict[str, Any]) -> None:
-    """Refuse to decode latents on another grid than the one they record (``grid``: steps,
-    spacing) unless --latents-any-grid.
+    """Refuse to decode latents on another grid or with another solver than they record
+    (``grid``: steps, spacing, solver) unless --latents-any-grid.
 
     Raises:
         CliError: naming both grids and the two ways out.
     """
-    recorded = {k: grid[k] for k in ("steps", "spacing") if k in grid}
+    recorded = {k: grid[k] for k in ("steps", "spacing", "solver") if k in grid}
     asked = {k: getattr(args, k) for k in recorded}
     if recorded == asked or args.latents_any_grid:
         return

@@ -1,4 +1,5 @@
-"""DDIM inversion: x0 -> x_T with the η=0 update run upwards, plain or solved implicitly.
+"""DDIM inversion: x0 -> x_T, the deterministic decoder run upwards, plain, solved implicitly,
+or with a multistep solver.
 
 Decoder step i takes x at level ᾱ(t_i) down to ᾱ_prev with ε evaluated at (x_{t_i}, t_i).
 Its exact inverse must find x_{t_i} from x_prev, but ε depends on the unknown x_{t_i}:
@@ -13,10 +14,26 @@ with Anderson mixing (``anderson`` past iterates), until the relative change is 
 or ``max_iters`` extra model calls are spent. When it converges, decoding with the same grid
 undoes each step exactly. The model is always evaluated at the decoder's timestep t_i (not
 the loop index: the bug of CompVis' SD2 ``encode``).
+
+The step onto ᾱ = 0 (zero terminal SNR) cannot be written with ε: there ε̂(x_T) = x_T, so the
+equation above is the identity. The decoder's first step is x_prev = sqrt(ᾱ_prev)·x̂0(x_T) +
+sqrt(1-ᾱ_prev)·x_T, so its inverse is x_T = (x_prev - sqrt(ᾱ_prev)·x̂0(x_T))/sqrt(1-ᾱ_prev),
+solved the same way (x̂0 evaluated at x_prev for the plain step).
+
+With ``solver=`` a deterministic multistep solver of the registry (``dpmpp_2m``, ``unipc``,
+``ipndm``, ...) the probability-flow ODE is solved upwards with that solver's own update on the
+upward levels (h < 0 in log-SNR, growing σ̄ for iPNDM), the model evaluated at each point's own
+level, as diffusers' ``DPMSolverMultistepInverseScheduler`` does; the first step (from the
+clean sample, which has no timestep of its own) is plain DDIM's, the step onto ᾱ = 0 the one
+above.
+
+Each loop here is its own, not the sampler's: it runs the grid upwards, pairs each level with
+the decoder's timestep one point above, and may solve each step implicitly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +47,8 @@ from ..sampling.model_contract import OutputProbe
 from ..sampling.options import SampleOptions
 from ..sampling.plan import Plan, make_plan
 from ..sampling.sampler import progress_bar, without_autograd
+from ..sampling.solvers import SOLVERS
+from ..sampling.steppers import MultistepStepper, X0Processing
 
 METHODS = ("ddim", "fixed_point")
 
@@ -39,6 +58,7 @@ def invert(
     x0: torch.Tensor,
     steps: int | None = None,
     *,
+    solver: str = "ddim",
     method: str = "ddim",
     max_iters: int = 5,
     tol: float = 1e-5,
@@ -55,14 +75,19 @@ def invert(
     uncond_kwargs: dict[str, torch.Tensor] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Deterministic DDIM encoding x0 -> x_T (see the module docstring).
+    """Deterministic encoding x0 -> x_T (see the module docstring).
 
     Args:
         model, steps, schedule, spacing, steps_offset, timesteps, final_alpha,
         prediction_type, class_labels, guidance_scale, model_kwargs, uncond_kwargs, progress:
-        as in :func:`ddim.sample`; decode with the same values to reconstruct.
+        as in :func:`ddim.sample`; decode with the same values (and solver) to reconstruct.
         x0: (B, ...) floating tensor in the model's data range.
-        method: ``ddim`` (one model call per step) or ``fixed_point`` (implicit steps).
+        solver: ``ddim`` (default), ``dpmpp_2m``, ``dpmpp_3m``, ``dpmpp_3m_true`` or ``ipndm``
+            (the registry's solvers that invert stably: their update is run upwards; the
+            others are refused, saying why).
+        method: ``ddim`` (one model call per step) or ``fixed_point`` (implicit steps; with
+            ``solver="ddim"`` only: a multistep update depends on points the inversion has not
+            reached yet).
         max_iters: with ``fixed_point``, at most this many extra model calls per step (>= 1).
         tol: stop iterating a step once max_b |x⁺ - x| / |x| over the batch is below tol.
         anderson: Anderson-mixing depth (0: plain fixed-point iteration).
@@ -71,7 +96,9 @@ def invert(
         x_T, x0's shape, in x0's dtype promoted to at least float32.
 
     Raises:
-        TypeError / ValueError naming the parameter, before any model call;
+        TypeError / ValueError naming the parameter, before any model call (among them a
+        solver that does not invert, ``fixed_point`` with a multistep solver, and a grid
+        whose first step goes from ᾱ = 0 straight to ᾱ = 1, which no x_T inverts);
         :class:`ddim.NonFiniteError` if the model returns NaN or inf.
     """
     check_choice("method", method, METHODS)
@@ -79,41 +106,123 @@ def invert(
     tol = check_float("tol", tol, low=0.0)
     anderson = check_int("anderson", anderson, low=0)
     options = SampleOptions(
-        steps=steps, x_T=x0, schedule=schedule, spacing=spacing, steps_offset=steps_offset,
-        timesteps=timesteps, final_alpha=final_alpha, prediction_type=prediction_type,
-        class_labels=class_labels, guidance_scale=guidance_scale, model_kwargs=model_kwargs,
-        uncond_kwargs=uncond_kwargs, progress=progress, x_name="x0")
+        steps=steps, solver=solver, x_T=x0, schedule=schedule, spacing=spacing,
+        steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
+        prediction_type=prediction_type, class_labels=class_labels,
+        guidance_scale=guidance_scale, model_kwargs=model_kwargs, uncond_kwargs=uncond_kwargs,
+        progress=progress, x_name="x0")
+    entry = check_inversion(options.solver, method)
     plan = make_plan(model, options)
-    return without_autograd(lambda: _invert(plan, method, max_iters, tol, anderson))
+    table = plan.table
+    if table.alpha_bar_t[0] == 0 and table.alpha_bar_prev[0] == 1:
+        raise ValueError(f"this grid ({list(table.grid)}) steps from ᾱ = 0 (zero terminal "
+                         "SNR) straight to ᾱ = 1, which cannot be inverted: x_T enters that "
+                         "step only through x̂0(x_T); use more steps")
+    run = _invert_ddim if entry.ddim_options else _invert_multistep
+    return without_autograd(lambda: run(plan, method, max_iters, tol, anderson))
 
 
-def _invert(plan: Plan, method: str, max_iters: int, tol: float, anderson: int
-            ) -> torch.Tensor:
-    """The upward loop of :func:`invert` (under inference mode)."""
-    table, ptype = plan.table, plan.prediction_type
-    order = list(range(len(table.grid) - 1, -1, -1))
-    probe = OutputProbe([table.grid[i] for i in order], plan.x.device, plan.x.dtype)
-    x = plan.x
+def check_inversion(solver: str, method: str = "ddim") -> Any:
+    """The registry entry of ``solver``, if it inverts with ``method``.
 
-    def eps_at(y: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        out = plan.call(y, i)
-        probe.record(j, out)
-        if ptype == "epsilon":
+    Raises:
+        ValueError: an unknown solver or method; a solver that does not invert (saying why,
+            and which do); ``fixed_point`` with a multistep solver.
+    """
+    check_choice("method", method, METHODS)
+    entry = SOLVERS[check_choice("solver", solver, tuple(SOLVERS))]
+    if entry.not_invertible is not None:
+        usable = tuple(n for n, e in SOLVERS.items() if e.not_invertible is None)
+        raise ValueError(f"solver={solver!r} cannot invert: {entry.not_invertible}; invert "
+                         f"with one of {usable}")
+    if method == "fixed_point" and not entry.ddim_options:
+        raise ValueError(f"method='fixed_point' solves one step at a time, which a multistep "
+                         f"update cannot (it depends on points further up the grid): use "
+                         f"solver='ddim' with it, got solver={solver!r}")
+    return entry
+
+
+class _Calls:
+    """The model along the upward loop, at the decoder's timestep t_i, as ε̂ (or x̂0 for the
+    step onto ᾱ = 0); every output is recorded for the NaN check in the slot of its step (the
+    last iteration's, for an implicit step)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan, self.table, self.ptype = plan, plan.table, plan.prediction_type
+        grid = self.table.grid
+        self.probe = OutputProbe(grid[::-1], plan.x.device, plan.x.dtype)
+        self.slot = 0  # the loop's step: the probe slot of the next outputs
+
+    def eps(self, y: torch.Tensor, i: int) -> torch.Tensor:
+        out = self._call(y, i)
+        if self.ptype == "epsilon":
             return out
-        return predict_x0_eps(y, out.to(y.dtype), table.alpha_bar_t[i], ptype)[1]
+        return predict_x0_eps(y, out.to(y.dtype), self.table.alpha_bar_t[i], self.ptype)[1]
 
-    for j, i in enumerate(progress_bar(order, plan.options.progress, "inverting")):
-        a_from, a_to = table.alpha_bar_prev[i], table.alpha_bar_t[i]
+    def x0(self, y: torch.Tensor, i: int) -> torch.Tensor:
+        out = self._call(y, i)
+        return predict_x0_eps(y, out.to(y.dtype), self.table.alpha_bar_t[i], self.ptype)[0]
 
-        def up(eps: torch.Tensor, x=x, a_from=a_from, a_to=a_to) -> torch.Tensor:
-            return ddim_step(x, eps, a_from, a_to).prev_sample
+    def _call(self, y: torch.Tensor, i: int) -> torch.Tensor:
+        out = self.plan.call(y, i)
+        self.probe.record(self.slot, out)
+        return out
 
-        x_next = up(eps_at(x, i, j))
+
+def _up(calls: _Calls, x: torch.Tensor, i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The upward step i as a map of the point y where the model is evaluated: DDIM's step
+    from ᾱ_prev(i) up to ᾱ(t_i) with ε̂(y), or onto ᾱ = 0 with x̂0(y)."""
+    table = calls.table
+    a_from, a_to = table.alpha_bar_prev[i], table.alpha_bar_t[i]
+    if a_to == 0:
+        return lambda y: (x - math.sqrt(a_from) * calls.x0(y, i)) / math.sqrt(1 - a_from)
+    return lambda y: ddim_step(x, calls.eps(y, i), a_from, a_to).prev_sample
+
+
+def _invert_ddim(plan: Plan, method: str, max_iters: int, tol: float, anderson: int
+                 ) -> torch.Tensor:
+    """The upward DDIM loop of :func:`invert` (under inference mode)."""
+    S = len(plan.table.grid)
+    calls = _Calls(plan)
+    x = plan.x
+    for i in progress_bar(range(S - 1, -1, -1), plan.options.progress, "inverting"):
+        calls.slot = S - 1 - i
+        up = _up(calls, x, i)
+        x_next = up(x)
         if method == "fixed_point":
-            x_next = solve_fixed_point(lambda y, i=i, j=j, up=up: up(eps_at(y, i, j)),
-                                       x_next, max_iters, tol, anderson)
+            x_next = solve_fixed_point(up, x_next, max_iters, tol, anderson)
         x = x_next
-    probe.check(x)
+    calls.probe.check(x)
+    return x
+
+
+def _invert_multistep(plan: Plan, method: str, max_iters: int, tol: float, anderson: int
+                      ) -> torch.Tensor:
+    """The upward loop of :func:`invert` with a multistep solver (under inference mode): the
+    ODE from level ᾱ(t_{i+1}) up to ᾱ(t_i) with the model at (x, t_{i+1}), x's own level."""
+    table, S = plan.table, len(plan.table.grid)
+    entry = SOLVERS[plan.options.solver]
+    top = 1 if table.alpha_bar_t[0] == 0 else 0  # the step onto ᾱ = 0 is its own
+    calls = _Calls(plan)
+    x = _up(calls, plan.x, S - 1)(plan.x)  # from the clean sample: DDIM's step
+    chain = [table.alpha_bar_t[i] for i in range(S - 1, top - 1, -1)]  # upwards, below 1
+    stepper = None
+    if len(chain) > 1:
+        levels = torch.tensor(chain, dtype=torch.float64)
+        coefficients = entry.coefficients(levels[:-1], levels[1:], upward=True, eta=0.0,
+                                          sigma_hat=False, prediction_type="epsilon",
+                                          fuse=False)
+        stepper = MultistepStepper(entry, coefficients, tuple(chain[:-1]), "epsilon",
+                                   X0Processing(), None)
+    steps = progress_bar(range(S - 2, -1, -1), plan.options.progress, "inverting")
+    for m, i in enumerate(steps):  # from the level of t_{i+1} up to that of t_i
+        calls.slot = m + 1
+        if i < top:  # onto ᾱ = 0, x̂0 at x's own level
+            a = table.alpha_bar_t[i + 1]
+            x = (x - math.sqrt(a) * calls.x0(x, i + 1)) / math.sqrt(1 - a)
+        else:
+            x = stepper(m, x, calls.eps(x, i + 1), False).prev_sample
+    calls.probe.check(x)
     return x
 
 

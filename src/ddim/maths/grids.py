@@ -105,7 +105,8 @@ def timesteps(schedule: NoiseSchedule, steps: int | Sequence[int] | None = None,
     Raises:
         TypeError / ValueError naming the parameter (see :func:`grid_spec`).
     """
-    explicit = hasattr(steps, "__len__") and not isinstance(steps, (str, bytes))
+    explicit = (hasattr(steps, "__len__") and not isinstance(steps, (str, bytes))
+                and getattr(steps, "ndim", 1) != 0)
     spec = grid_spec(None if explicit else steps, spacing, steps_offset,
                      steps if explicit else None, schedule.num_train_timesteps)
     return grid_timesteps(schedule, spec)

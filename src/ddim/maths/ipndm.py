@@ -49,7 +49,8 @@ class IPNDMStep(NamedTuple):
 
 
 def ipndm_steps(alpha_bar_t: Sequence[float], alpha_bar_next: Sequence[float],
-                max_order: int = 4, *, variable: bool = False) -> tuple[IPNDMStep, ...]:
+                max_order: int = 4, *, variable: bool = False,
+                upward: bool = False) -> tuple[IPNDMStep, ...]:
     """Per-step weights of iPNDM (``variable``: iPNDM-v) along a grid, in float64.
 
     Args:
@@ -57,13 +58,14 @@ def ipndm_steps(alpha_bar_t: Sequence[float], alpha_bar_next: Sequence[float],
             (:func:`ddim.maths.log_snr.check_levels`).
         max_order: 1 .. 4.
         variable: variable-step Adams–Bashforth weights (see the module docstring).
+        upward: the grid runs towards noise (inversion: σ̄ grows).
 
     Raises:
         ValueError / TypeError: bad levels, or max_order outside [1, 4].
     """
     if not 1 <= max_order <= len(ADAMS_BASHFORTH):
         raise ValueError(f"max_order must lie in [1, {len(ADAMS_BASHFORTH)}], got {max_order}")
-    a_t, a_next = check_levels(alpha_bar_t, alpha_bar_next)
+    a_t, a_next = check_levels(alpha_bar_t, alpha_bar_next, upward=upward)
     s = [_sigma_bar(a) for a in a_t] + [_sigma_bar(a_next[-1])]
     start = 1 if a_t[0] == 0 else 0  # the warm-up restarts after a step from σ̄ = ∞
     out = []

@@ -53,17 +53,18 @@ class LogSNRStep(NamedTuple):
 
 
 def log_snr_steps(alpha_bar_t: Sequence[float], alpha_bar_next: Sequence[float],
-                  orders: Sequence[int], *, unipc: bool = False,
-                  stochastic: bool = False) -> tuple[LogSNRStep, ...]:
+                  orders: Sequence[int], *, unipc: bool = False, stochastic: bool = False,
+                  upward: bool = False) -> tuple[LogSNRStep, ...]:
     """Per-step coefficients of a log-SNR solver along a grid, in float64.
 
     Args:
-        alpha_bar_t, alpha_bar_next: the grid's levels (see :func:`check_levels`).
+        alpha_bar_t, alpha_bar_next: the grid's levels (see :func:`check_levels`); with
+            ``upward``, decreasing: the grid run towards noise (inversion), h < 0.
         orders: the order of each step (:func:`diffusers_orders`).
         unipc: also compute UniC's corrector weights ``rho_c`` (Zhao et al. 2023, bh2).
         stochastic: also compute the SDE-DPM-Solver++ terms (1 - e^{-2h}, the noise scale).
     """
-    a_t, a_next = check_levels(alpha_bar_t, alpha_bar_next)
+    a_t, a_next = check_levels(alpha_bar_t, alpha_bar_next, upward=upward)
     S = len(a_t)
     lam = [half_log_snr(a) for a in a_t] + [half_log_snr(a_next[-1])]
     h = [0.0 if a_next[i] == a_t[i] else lam[i + 1] - lam[i] for i in range(S)]
@@ -125,8 +126,8 @@ def diffusers_orders(max_order: int, alpha_bar_t: Sequence[float],
 
 def h_phi(h: float) -> tuple[float, float, float]:
     """h·φ_k(-h) for k = 1, 2, 3; (1, 1, 1/2) at h = ∞, 0s at h = 0, power series where
-    h < 0.01 (no cancellation: error < h^7)."""
-    if h < 0.01:  # h·φ_k(-h) = Σ_n (-h)^n h/(n+k)!
+    |h| < 0.01 (no cancellation: error < |h|^7). h < 0 on a step upwards (inversion)."""
+    if abs(h) < 0.01:  # h·φ_k(-h) = Σ_n (-h)^n h/(n+k)!
         return tuple(sum((-h) ** n * h / math.factorial(n + k) for n in range(6))
                      for k in (1, 2, 3))
     h_phi_1 = -math.expm1(-h)  # 1 - e^{-h}
@@ -143,9 +144,12 @@ def half_log_snr(alpha_bar: float) -> float:
     return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
 
 
-def check_levels(alpha_bar_t: Sequence[float], alpha_bar_next: Sequence[float]
-                 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def check_levels(alpha_bar_t: Sequence[float], alpha_bar_next: Sequence[float], *,
+                 upward: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The levels of a grid for a multistep solver, checked, as float tuples.
+
+    With ``upward`` the grid runs towards noise (inversion): every level lies in (0, 1) and
+    ``alpha_bar_next[i] < alpha_bar_t[i]``; otherwise:
 
     Args:
         alpha_bar_t: ᾱ(t_i) for the S grid points t_0 > ... > t_{S-1}, in [0, 1],
@@ -165,9 +169,13 @@ def check_levels(alpha_bar_t: Sequence[float], alpha_bar_next: Sequence[float]
         raise ValueError(f"alpha_bar_t and alpha_bar_next must have the same length >= 1, got "
                          f"{S} and {len(a_next)}")
     for i in range(S):
-        same_ok = a_t[i] == a_next[i] and i == S - 1
-        if not (0 <= a_t[i] <= 1 and (a_t[i] < a_next[i] <= 1 or same_ok)) or (
-                i > 0 and a_t[i] == 0):
+        if upward and not 0 < a_next[i] < a_t[i] < 1:
+            raise ValueError(f"step {i}: need 0 < alpha_bar_next < alpha_bar_t < 1 on a grid "
+                             f"run upwards, got alpha_bar_t={a_t[i]!r}, alpha_bar_next="
+                             f"{a_next[i]!r}")
+        same_ok = upward or (a_t[i] == a_next[i] and i == S - 1)
+        if not upward and (not (0 <= a_t[i] <= 1 and (a_t[i] < a_next[i] <= 1 or same_ok))
+                           or (i > 0 and a_t[i] == 0)):
             raise ValueError(f"step {i}: need 0 <= alpha_bar_t < alpha_bar_next <= 1 (equal only "
                              f"on the last step, 0 only at step 0), got alpha_bar_t={a_t[i]!r}, "
                              f"alpha_bar_next={a_next[i]!r}")

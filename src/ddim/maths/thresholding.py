@@ -54,6 +54,36 @@ def clip_range(clip_sample: Any, data_range: Sequence[float] = (-1.0, 1.0)
     return float(lo), float(hi)
 
 
+def row_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q`` quantile of each row of ``values`` (N, n), as ``torch.quantile(values, q,
+    dim=1)`` computes it (linear interpolation between the two order statistics around rank
+    q·(n-1)), for any n: torch refuses more than 2^24 values per call (its sort), so the two
+    order statistics are found with ``torch.kthvalue`` instead.
+
+    Up to 2^24 values per row the rank is computed as torch does (in the values' dtype), and
+    the result equals ``torch.quantile``'s bit for bit; beyond, the rank is computed in
+    float64 (torch gives no answer there).
+
+    Args:
+        values: (N, n) floating tensor, n >= 1.
+        q: in [0, 1].
+
+    Returns:
+        (N,) tensor of values' dtype.
+    """
+    n = values.shape[1]
+    rank_dtype = values.dtype if n <= 2**24 else torch.float64
+    rank = torch.tensor(q, dtype=rank_dtype) * (n - 1)
+    below = int(rank.floor())
+    above = min(int(rank.ceil()), n - 1)
+    v_below = values.kthvalue(below + 1, dim=1).values
+    if above == below:
+        return v_below
+    v_above = values.kthvalue(above + 1, dim=1).values
+    weight = (rank - below).to(values.dtype)
+    return v_below.lerp(v_above, weight)
+
+
 def process_x0(
     pred_x0: torch.Tensor, *, clip_sample: ClipSample = None,
     dynamic_threshold: float | None = None, dynamic_threshold_max: float = 1.0,
@@ -78,7 +108,7 @@ def process_x0(
         pred_x0 = pred_x0.clamp(*bounds)
     if dynamic_threshold is not None:
         flat = pred_x0.reshape(pred_x0.shape[0], -1).abs().float()
-        s = torch.quantile(flat, dynamic_threshold, dim=1).clamp(1.0, dynamic_threshold_max)
+        s = row_quantile(flat, dynamic_threshold).clamp(1.0, dynamic_threshold_max)
         s = s.to(pred_x0.dtype).reshape((-1,) + (1,) * (pred_x0.ndim - 1))
         pred_x0 = torch.maximum(torch.minimum(pred_x0, s), -s) / s
     return pred_x0
