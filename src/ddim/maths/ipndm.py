@@ -37,14 +37,15 @@ ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12),
 class IPNDMStep(NamedTuple):
     """The float64 weights of one iPNDM step x_i -> x_{i+1} (immutable).
 
-    x_{i+1} = x_weight·x_i + Σ_j eps_weights[j]·ε̂_{i-j} (+ x0_weight·x̂0_i on a step from
-    ᾱ = 0, where x_weight = 0).
+    x_{i+1} = x_weight·x_i + Σ_j eps_weights[j]·ε̂_{i-j}, or, where ``x0_weight`` > 0,
+    x0_weight·x̂0_i + eps_weights[0]·ε̂_i: on a step from ᾱ = 0 (x_weight would be ∞), and on a
+    first-order step onto ᾱ = 1, which returns x̂0 itself (x̄ - σ̄·ε̂ = x̂0, without rounding).
     """
 
     order: int  # how many past ε̂s the step uses (1 .. 4)
-    x_weight: float  # α_{i+1}/α_i
+    x_weight: float  # α_{i+1}/α_i (0 where x0_weight is used)
     eps_weights: tuple[float, ...]  # α_{i+1}(σ̄_{i+1} - σ̄_i)·b_j, newest first
-    x0_weight: float  # α_{i+1} on a step from ᾱ = 0, else 0
+    x0_weight: float  # α_{i+1} on a step from ᾱ = 0, 1 on a first-order step onto ᾱ = 1
     noise_scale: float = 0.0  # deterministic
 
 
@@ -75,6 +76,9 @@ def ipndm_steps(alpha_bar_t: Sequence[float], alpha_bar_next: Sequence[float],
             out.append(IPNDMStep(1, 0.0, (sigma_n,), alpha_n))
             continue
         k = min(max_order, i - start + 1)
+        if k == 1 and a_next[i] == 1 and a_t[i] < 1:  # x̄ - σ̄·ε̂ = x̂0: return it
+            out.append(IPNDMStep(1, 0.0, (0.0,), 1.0))
+            continue
         delta = s[i + 1] - s[i]
         b = (variable_weights(s[i + 1], s[i - k + 1:i + 1][::-1]) if variable and k > 1
              else ADAMS_BASHFORTH[k - 1])
@@ -114,7 +118,7 @@ def ipndm_update(x: torch.Tensor, eps_history: Sequence[torch.Tensor], c: IPNDMS
         x: x_i, (B, ...) float32 or float64.
         eps_history: (ε̂_i, ε̂_{i-1}, ...) newest first, at least ``c.order`` of them.
         c: the step's weights.
-        pred_x0: x̂0_i, read only on a step from ᾱ = 0 (``c.x0_weight`` > 0).
+        pred_x0: x̂0_i, read only where ``c.x0_weight`` > 0.
     """
     if c.x0_weight:
         return combine(pred_x0, c.x0_weight, (c.eps_weights[0], eps_history[0]))

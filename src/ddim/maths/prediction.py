@@ -61,6 +61,20 @@ def predict_x0_eps(
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def predict_x0(x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar_t: float,
+               prediction_type: str = "epsilon") -> torch.Tensor:
+    """x̂0 alone, in the very kernels :func:`predict_x0_eps` forms it (so the two agree bit
+    for bit); ``alpha_bar_t`` a float. Raises ValueError for an unknown prediction_type."""
+    a = float(alpha_bar_t)
+    if prediction_type == "epsilon":
+        return torch.add(x_t, model_output, alpha=-math.sqrt(1 - a)).div_(math.sqrt(a))
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction":
+        return math.sqrt(a) * x_t - math.sqrt(1 - a) * model_output
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
 def refuse_zero_snr_epsilon(prediction_type: str, alpha_bar_t: torch.Tensor,
                             grid: torch.Tensor | None = None) -> None:
     """ε-prediction cannot be sampled at ᾱ = 0 (zero terminal SNR, Lin et al. 2023):

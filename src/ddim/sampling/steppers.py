@@ -26,7 +26,7 @@ import torch
 
 from ..maths.ddim_coefficients import DDIMCoefficients
 from ..maths.ddim_step import StepOutput, apply_step
-from ..maths.prediction import output_coefficients, predict_x0_eps, sqrt
+from ..maths.prediction import output_coefficients, predict_x0, predict_x0_eps, sqrt
 from ..maths.thresholding import ClipSample, process_x0
 
 Noise = Callable[[], torch.Tensor] | None
@@ -128,8 +128,9 @@ class MultistepStepper:
         out = out if out.dtype == x.dtype else out.to(x.dtype)
         c, lin, a = self.coefficients[i], self.linear[i], self.alpha_bar_t[i]
         pred_x0 = pred_eps = None
-        if self.data == "x0" or self.x0.active or details or a == 0:
-            pred_x0 = _linear(x, out, lin.x0_x, lin.x0_out)
+        if self.data == "x0" or self.x0.active or details or (self.data == "eps"
+                                                              and c.x0_weight):
+            pred_x0 = predict_x0(x, out, a, self.prediction_type)
             if self.x0.active:
                 pred_x0 = self.x0.apply(pred_x0)
         if self.data == "eps":  # with processing, the ε̂ of the processed x̂0
