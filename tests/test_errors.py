@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ddim
+import ddim.maths.ddim_coefficients  # the η limit: max_eta
 from ddim import NoiseSchedule, NonFiniteError
 from ddim.maths.grids import grid_levels, timesteps
 from tests.helpers import TimestepRecorder, mixture_images
