@@ -1,21 +1,12 @@
-"""Shared fixtures: small random-init diffusers UNets built on the fly (no downloads)."""
+"""Shared fixtures: small random-init diffusers UNets built on the fly (no downloads), and the
+CLI's loader replaced by stand-ins."""
 
 import pytest
 import torch
 
+from tests.helpers import Elementwise, make_tiny_unet
+
 torch.set_num_threads(1)  # small models: threads cost more than they give
-
-
-def make_tiny_unet(seed: int = 0, out_channels: int = 1):
-    """The 8×8, 1-channel UNet2DModel of the benchmarks (block_out_channels (32, 64))."""
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
-    ).eval()
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +31,38 @@ def schedule():
     import ddim
 
     return ddim.NoiseSchedule.linear()
+
+
+# ---------------------------------------------------------------------------- the CLI's loader
+@pytest.fixture
+def loads(monkeypatch):
+    """Replace the CLI's loader: "tiny" and "nan" are known, anything else is unknown.
+
+    Returns the list of names the CLI asked for (to check that no work started).
+    """
+    import ddim
+    from ddim.cli import common
+
+    calls = []
+
+    def fake_load(name, *, device=None, torch_dtype=None, schedule=None):
+        calls.append(name)
+        if name not in ("tiny", "nan"):
+            raise ddim.PretrainedError(f"model {name!r} not found")
+        return ddim.Pretrained(model=Elementwise(nan=name == "nan"),
+                               schedule=ddim.NoiseSchedule.linear(), sample_shape=(1, 4, 4),
+                               name=name)
+
+    monkeypatch.setattr(common, "load_pretrained", fake_load)
+    return calls
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Every argument here can be checked without the model: loading it fails the test."""
+    from ddim.cli import common
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(common, "load_pretrained", fail)

@@ -1,13 +1,17 @@
 """The ``ddim`` command: outputs, batch-size independence, and one-line errors with exit codes.
 
 In-process tests run ``ddim.cli.main`` on a tiny stand-in bundle (an elementwise network on
-1×4×4 samples, so results are bitwise independent of the batch); one subprocess test runs
-``python -m ddim`` on the bundled digits model.
+1×4×4 samples, so results are bitwise independent of the batch; the ``loads`` fixture of
+conftest.py); the subprocess tests (marked slow) run ``python -m ddim`` on the bundled digits
+model, and Ctrl-C while the command still imports.
 """
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,39 +21,11 @@ from PIL import Image
 
 import ddim
 from ddim import cli
-from ddim.cli import common
+from ddim.generation.folder_lock import FolderInUseError
+from ddim.generation.manifest import RunMismatchError
+from ddim.generation.run_checks import TooManyProcessesError, check_world_size
 from ddim.sampling import noise
-
-
-class Elementwise(torch.nn.Module):
-    """A smooth per-pixel ε model: each sample's output depends on that sample only."""
-
-    def __init__(self, nan: bool = False):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(float("nan") if nan else 0.5))
-
-    def forward(self, x, t):
-        return self.w * torch.tanh(x) + t.to(x.dtype).reshape(-1, 1, 1, 1) / 2000
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """Replace the CLI's loader: "tiny" and "nan" are known, anything else is unknown.
-
-    Returns the list of names the CLI asked for (to check that no work started).
-    """
-    calls = []
-
-    def fake_load(name, *, device=None, torch_dtype=None, schedule=None):
-        calls.append(name)
-        if name not in ("tiny", "nan"):
-            raise ddim.PretrainedError(f"model {name!r} not found")
-        return ddim.Pretrained(model=Elementwise(nan=name == "nan"),
-                               schedule=ddim.NoiseSchedule.linear(), sample_shape=(1, 4, 4),
-                               name=name)
-
-    monkeypatch.setattr(common, "load_pretrained", fake_load)
-    return calls
+from tests.helpers import SUBPROCESS_ENV, check_error, load_npz, python
 
 
 def run(capsys, *args):
@@ -57,11 +33,6 @@ def run(capsys, *args):
     status = cli.main(["sample", "--model", "tiny", *map(str, args)])
     out, err = capsys.readouterr()
     return status, out, err
-
-
-def load_npz(path):
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -144,16 +115,6 @@ def test_every_subcommand_shows_the_shared_options_with_defaults(command, capsys
 
 
 # ---------------------------------------------------------------------------- errors
-def check_error(capsys, args, status, fragment):
-    """main(args) exits with ``status`` after one ``ddim: error:`` line naming ``fragment``."""
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert code == status, err
-    assert out == "" and "Traceback" not in err
-    assert err.startswith("ddim: error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert fragment in err, err
-
-
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -260,16 +221,6 @@ def test_write_failure_fails_with_status_1(loads, capsys, tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------------------- fail fast
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Every argument here can be checked without the model: loading it fails the test."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(common, "load_pretrained", fail)
-
-
 @pytest.mark.parametrize("argv, fragment", [
     (["sample", "--steps", 0], "argument --steps: must be an integer >= 1, got '0'"),
     (["sample", "--eta", -1], "argument --eta: must be a finite number >= 0, got '-1'"),
@@ -315,7 +266,43 @@ def test_bad_arguments_fail_before_the_model_is_loaded(argv, fragment, no_loadin
     assert sorted(os.listdir()) == before  # nothing written
 
 
-# ---------------------------------------------------------------------------- real model
+# ---------------------------------------------------------------------------- wording
+def test_counts_of_one_are_singular(loads, capsys, tmp_path):
+    """The reported example: "1 steps", "(1 shards generated)"."""
+    assert cli.main(["sample", "--model", "tiny", "--steps", "1", "--num", "1", "--out",
+                     str(tmp_path / "s.png")]) == 0
+    assert "wrote 1 image (tiny, 1 step, eta 0, trailing spacing)" in capsys.readouterr().out
+    assert cli.main(["generate", "--model", "tiny", "--steps", "1", "--num", "1", "--out",
+                     str(tmp_path / "run")]) == 0
+    assert re.match(r"1 image in 1 shard in .* \(1 shard generated\) in ",
+                    capsys.readouterr().out)
+    np.savez(tmp_path / "one.npz", images=np.zeros((1, 4, 4, 1), np.uint8))
+    assert cli.main(["invert", "--model", "tiny", "--steps", "1", "--images",
+                     str(tmp_path / "one.npz"), "--out", str(tmp_path / "l.npz")]) == 0
+    assert "wrote 1 latent to" in capsys.readouterr().out
+    with pytest.raises(TooManyProcessesError, match=r"only 1 shard \(1 sample, shard_size 4\): "
+                                                    r"1 would idle; start at most 1 process or"):
+        check_world_size(1, 4, 2)
+
+
+def test_library_messages_have_no_cli_words_and_the_cli_no_api_words():
+    """The reported example: "pass overwrite=True (--overwrite)" mixed the two."""
+    errors = [RunMismatchError("D", "holds another run: its run.json differs in eta", ("eta",)),
+              FolderInUseError("D", {"pid": 7, "host": "h", "since": "now"}),
+              TooManyProcessesError(4, 3, 10, 4)]
+    cli_words = [e.message("--overwrite", "--out") if isinstance(e, RunMismatchError) else
+                 e.message("--out") if isinstance(e, FolderInUseError) else
+                 e.message("{} processes", "--shard-size") for e in errors]
+    for err, words in zip(errors, cli_words, strict=True):
+        assert "--" not in str(err)
+        assert not re.search(r"\b(out_dir|overwrite=|shard_size|world_size)\b", words), words
+    assert "pass overwrite=True to delete" in str(errors[0])
+    assert cli_words[0].startswith("--out 'D' holds another run") and "--overwrite" in (
+        cli_words[0])
+
+
+# ---------------------------------------------------------------------------- subprocesses
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(ddim, "load_pretrained"), reason="ddim.load_pretrained missing")
 def test_python_m_ddim_with_the_bundled_model(tmp_path):
     out = tmp_path / "s.npz"
@@ -329,3 +316,37 @@ def test_python_m_ddim_with_the_bundled_model(tmp_path):
     images = load_npz(out)["images"]
     assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
     assert len({im.tobytes() for im in images}) == 4  # four different samples
+
+
+INTERRUPTED_IMPORT = """
+import builtins, sys
+real = builtins.__import__
+def interrupting(name, *args, **kwargs):
+    if name == "torch":
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+builtins.__import__ = interrupting
+from ddim.cli import main
+sys.exit(main(["sample", "--steps", "2"]))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_command_imports_is_one_line():
+    """The reported example: Ctrl-C during import printed a traceback."""
+    done = python(INTERRUPTED_IMPORT)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "ddim: interrupted\n")
+
+
+@pytest.mark.slow
+def test_a_real_sigint_during_the_imports_is_one_line(tmp_path):
+    code = ("import sys\nprint('started', flush=True)\nfrom ddim.cli import main\n"
+            "sys.exit(main(['sample', '--steps', '2', '--num', '2']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=SUBPROCESS_ENV, cwd=tmp_path,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == "started\n"
+    time.sleep(0.2)  # inside torch's import, which takes seconds
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out, err) == (130, "", "ddim: interrupted\n")
+    assert list(tmp_path.iterdir()) == []

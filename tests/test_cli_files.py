@@ -1,7 +1,7 @@
-"""Issue 12 #19 and #20: every file a command reads gives one clear line naming the flag, the
-file and what is wrong (truncated, not an .npz, wrong keys, dtype, shape, values); bad
-devices are refused before anything is written; a full disk under --pack and eval --json
-says what happened and what to do.
+"""Every file a command reads gives one clear line naming the flag, the file and what is wrong
+(truncated, not an .npz, wrong keys, dtype, shape, values); bad devices are refused before
+anything is written; a full disk under --pack and eval --json says what happened and what to
+do.
 
 Files are checked before the model is loaded (the loader fails the test), except what only
 the model can tell (its sample shape), which is checked before any model call.
@@ -17,7 +17,7 @@ import pytest
 from ddim import cli
 from ddim.cli import evaluate
 from ddim.generation import packing
-from tests.test_cli import check_error, loads, no_loading  # noqa: F401 (fixtures)
+from tests.helpers import check_error
 
 CHEAP = ["--steps", 2, "--num", 2]
 
@@ -167,7 +167,7 @@ def test_images_no_shipped_classifier_takes_need_other_features(files, capsys):
     ("img2img --images", "big.npz", "--images: big.npz holds images of shape (1, 8, 8)"),
 ])
 def test_shapes_the_model_cannot_take_are_refused_before_any_model_call(
-        reader, name, problem, files, loads, capsys):  # noqa: F811 (the imported fixture)
+        reader, name, problem, files, loads, capsys):
     check_error(capsys, [*argv_for(reader, name), "--model", "tiny"], 2, problem)
     assert loads == ["tiny"]
 
@@ -192,7 +192,7 @@ def test_bad_devices_are_refused_before_anything_is_written(argv, device, proble
 
 
 def test_pack_on_a_full_disk_names_the_file_and_says_the_shards_are_complete(
-        loads, capsys, tmp_path, monkeypatch):  # noqa: F811
+        loads, capsys, tmp_path, monkeypatch):
     real = packing.save_npz
 
     def full_for_the_pack(path, *args, **kwargs):
@@ -231,7 +231,7 @@ def test_eval_json_on_a_full_disk_keeps_the_printed_result(capsys, tmp_path, mon
     assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.npz"]
 
 
-def test_an_unreadable_run_json_is_one_line_and_overwrite_starts_over(loads, capsys,  # noqa: F811
+def test_an_unreadable_run_json_is_one_line_and_overwrite_starts_over(loads, capsys,
                                                                       tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -1,6 +1,5 @@
-"""Issue 12 (and 11's CLI side), the command-line kinds: --solver, --class and
---guidance-scale on every command that samples (#7), latents decoded on their own grid only
-(#10), --threads (#15).
+"""The command-line options of every command that samples: --solver, --class and
+--guidance-scale, --threads, and latents decoded on their own grid only.
 
 In-process runs use tiny stand-in bundles (elementwise networks on 1×4×4 samples, one of
 them class-conditional), so results are bitwise independent of the batch; the bundled
@@ -20,7 +19,7 @@ from ddim.cli.options import class_label
 from ddim.images import to_uint8
 from ddim.sampling.noise import sample_generators
 from ddim.sampling.solvers import SOLVER_NAMES
-from tests.test_cli import Elementwise, check_error, load_npz, no_loading  # noqa: F401
+from tests.helpers import Elementwise, check_error, load_npz
 
 
 class ClassElementwise(Elementwise):
@@ -223,7 +222,7 @@ def test_threads_must_be_positive(capsys, tmp_path):
                 "argument --threads: must be an integer >= 1, got '0'")
 
 
-# ---------------------------------------------------------------- #10 latents and their grid
+# ---------------------------------------------------------------- latents and their grid
 @pytest.fixture
 def latents(fakes, tmp_path):
     """Latents of 2 images inverted by `ddim invert` at 5 steps (trailing spacing)."""

@@ -1,10 +1,12 @@
-"""Inpainting keeps the known pixels exactly; img2img interpolates between copy and sample."""
+"""Inpainting keeps the known pixels exactly; img2img interpolates between copy and sample, its
+strength a level of the schedule (strength 1 starts from noise whatever the spacing)."""
 
 import pytest
 import torch
 
 import ddim
 from ddim.testing import GaussianMixture
+from tests.helpers import TimestepRecorder, mixture_images
 
 SCHED = ddim.NoiseSchedule.linear()
 MIX = GaussianMixture(torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.5))
@@ -15,6 +17,7 @@ def _image(seed=0):
     return MIX.sample(3, torch.Generator().manual_seed(seed))
 
 
+# ---------------------------------------------------------------------------- inpaint
 @pytest.mark.parametrize("eta,resample", [(0.0, 0), (1.0, 0), (0.0, 2)])
 def test_inpaint_keeps_known_pixels_exactly(eta, resample):
     image = _image()
@@ -44,6 +47,7 @@ def test_inpaint_is_deterministic_and_resample_costs_calls():
     assert torch.equal(a, b)
 
 
+# ---------------------------------------------------------------------------- img2img
 def test_img2img_strength_ends():
     image = _image()
     assert torch.equal(ddim.img2img(MODEL, image, 0.0, 10), image)
@@ -64,6 +68,30 @@ def test_img2img_stays_closer_to_the_image_at_low_strength():
     assert dist[0.2] < dist[0.5] < dist[1.0]
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "quad"])
+@pytest.mark.parametrize("steps", [1, 4, 10, 50])
+def test_strength_one_starts_from_noise_for_every_spacing(spacing, steps):
+    rec = TimestepRecorder()
+    ddim.img2img(rec, mixture_images(), 1.0, steps, spacing=spacing)
+    assert rec.t[0] == 999
+    rec = TimestepRecorder()
+    ddim.img2img(rec, mixture_images(), 0.5, steps, spacing=spacing)
+    assert rec.t[0] == 500  # round(0.5 * 999)
+    assert all(b < a for a, b in zip(rec.t, rec.t[1:], strict=False))
+
+
+def test_strength_one_ignores_the_image():
+    a, b = mixture_images(seed=1), mixture_images(seed=2)
+    gen = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    out_a = ddim.img2img(MODEL, a, 1.0, 1, generator=gen(), spacing="leading")
+    out_b = ddim.img2img(MODEL, b, 1.0, 1, generator=gen(), spacing="leading")
+    sensitivity = (out_a - out_b).norm() / (a - b).norm()
+    assert sensitivity < 0.02  # sqrt(ᾱ_999) = 0.0064 before the flow; was 0.9999
+    near = ddim.img2img(MODEL, a, 0.05, 10, generator=gen())
+    assert (near - a).norm() < 0.3 * (out_a - a).norm()
+
+
+# ---------------------------------------------------------------------------- bad arguments
 @pytest.mark.parametrize("mask,match", [
     (torch.ones(1, 1, 4, 5), "does not broadcast"),
     (torch.full((1, 1, 4, 4), 2.0), r"mask values must lie in \[0, 1\]"),

@@ -12,10 +12,13 @@ import pytest
 import torch
 
 import ddim
+import ddim.maths.ddim_coefficients  # the η limit: max_eta
 from ddim import NoiseSchedule, NonFiniteError
 from ddim.maths.grids import grid_levels, timesteps
+from tests.helpers import TimestepRecorder, mixture_images
 
 T = 1000
+SCHED = NoiseSchedule.linear()
 
 
 def zeros_model(x, t):
@@ -91,6 +94,30 @@ def test_bad_eta(eta, exc, pattern, x_T):
     _raises(exc, pattern, ddim.sample, zeros_model, 3, eta, x_T=x_T)
     _raises(exc, pattern, ddim.sample_iter, zeros_model, 3, eta, x_T=x_T)
     _raises(exc, pattern, ddim.ddim_step, x_T, x_T, 0.5, 0.8, eta, torch.zeros_like(x_T))
+
+
+@pytest.mark.parametrize("eta", [1.2, 1e6])
+def test_eta_above_the_grid_limit_is_refused(eta):
+    levels = grid_levels(SCHED, timesteps(SCHED, 5))
+    limit = float(ddim.maths.ddim_coefficients.max_eta(*levels).min())
+    assert 1 < limit < 1.1
+    with pytest.raises(ValueError, match=re.escape(f"eta={eta:g} is too large for this grid: ")
+                       + ".* the largest eta this grid allows is " + f"{limit:.6g}"):
+        ddim.sample(TimestepRecorder(), 5, eta, x_T=mixture_images())
+    with pytest.raises(ValueError, match=r"largest eta"):
+        ddim.img2img(TimestepRecorder(), mixture_images(), 0.8, 5, eta)
+    with pytest.raises(ValueError, match=r"^eta=1\.4 is too large for this grid: at step 0 .* "
+                                         r"the largest eta this grid allows is 1\.32288 "):
+        ddim.ddim_step(torch.zeros(1, 1), torch.zeros(1, 1), 0.3, 0.5, 1.4, torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 50, 1000])
+def test_eta_up_to_one_always_fits(steps):
+    a_t, a_prev = grid_levels(SCHED, timesteps(SCHED, steps))
+    assert (ddim.maths.ddim_coefficients.max_eta(a_t, a_prev) > 1).all()
+    ddim.sample(TimestepRecorder(), steps, 1.0, x_T=mixture_images(1), generator=torch.Generator())
+    ddim.sample(TimestepRecorder(), steps, x_T=mixture_images(1), sigma_hat=True,
+                generator=torch.Generator())
 
 
 # --------------------------------------------------------------------------- choices
@@ -278,6 +305,35 @@ def test_bad_dtype(dtype, pattern, x_T):
     _raises(TypeError, pattern, ddim.sample, zeros_model, 3, x_T=x_T, dtype=dtype)
 
 
+# --------------------------------------------------------------------------- shapes the model takes
+@pytest.mark.parametrize("call,name", [
+    (lambda m: ddim.sample(m, 3, x_T=torch.randn(2, 3, 8, 8)), "x_T"),
+    (lambda m: ddim.sample(m, 3, shape=(2, 3, 8, 8)), "shape"),
+    (lambda m: list(ddim.sample_iter(m, 3, x_T=torch.randn(2, 3, 8, 8))), "x_T"),
+    (lambda m: ddim.invert(m, torch.randn(2, 3, 8, 8), 3), "x0"),
+    (lambda m: ddim.img2img(m, torch.randn(2, 3, 8, 8), 0.5, 3), "image"),
+    (lambda m: ddim.inpaint(m, torch.randn(2, 3, 8, 8), torch.ones(1, 1, 8, 8), 3), "image"),
+])
+def test_wrong_channels_are_refused_before_any_model_call(call, name):
+    digits = ddim.load_pretrained("digits")
+    calls = []
+    model = type(digits)(TimestepRecorder(digits), digits.schedule, digits.sample_shape)
+    model.model.t = calls
+    with pytest.raises(ValueError, match=rf"^{name} has shape \(2, 3, 8, 8\) but the model takes "
+                                         r"samples of shape \(B, 1, 8, 8\)$"):
+        call(digits)
+    assert calls == []
+
+
+def test_another_spatial_size_only_where_the_unet_allows_it():
+    digits = ddim.load_pretrained("digits")
+    out = ddim.sample(digits, 2, x_T=torch.randn(1, 1, 16, 12))  # fully convolutional
+    assert out.shape == (1, 1, 16, 12)
+    with pytest.raises(ValueError, match=r"x_T has shape \(1, 1, 7, 8\): this UNet takes any "
+                                         r"spatial size divisible by 2"):
+        ddim.sample(digits, 2, x_T=torch.randn(1, 1, 7, 8))
+
+
 # --------------------------------------------------------------------------- model and its output
 def test_model_not_callable(x_T):
     _raises(TypeError, r"model must be callable as model\(x, t\), got int",
@@ -406,6 +462,23 @@ def test_non_finite_output_in_invert_names_t(x_T):
 def test_non_finite_error_is_catchable_as_value_error(x_T):
     with pytest.raises(ValueError):
         ddim.sample(lambda x, t: torch.full_like(x, math.nan), 2, x_T=x_T)
+
+
+def test_a_large_finite_output_is_not_reported_as_nan():
+    # a float32 sum of 1e37s overflows; the probe keeps max |out| instead
+    out = ddim.sample(lambda x, t: torch.full_like(x, 1e37), 3, x_T=torch.ones(1, 1, 4, 4),
+                      prediction_type="sample")
+    assert torch.isfinite(out).all()
+    with pytest.raises(ddim.NonFiniteError, match=r"at step 2 \(t=332\)"):
+        ddim.sample(lambda x, t: torch.where(t.reshape(-1, 1, 1, 1) == 332, math.nan, x), 3,
+                    x_T=torch.ones(1, 1, 4, 4))
+
+
+def test_an_overflowing_sample_is_named():
+    # finite outputs whose step overflows float32 are reported, not returned as inf
+    with pytest.raises(ddim.NonFiniteError, match=r"the sample overflowed to inf \(the model's "
+                                                  r"outputs were finite, up to 3e\+38"):
+        ddim.sample(lambda x, t: torch.full_like(x, 3e38), 2, x_T=torch.ones(1, 1, 2, 2))
 
 
 # --------------------------------------------------------------------------- generators

@@ -1,7 +1,9 @@
 """Fréchet distance against closed forms; the digits classifier; `ddim eval`; a cheap
-quality check of the bundled model."""
+quality check of the bundled model; the eval extra (scikit-learn), asked for in one line
+where it is missing and declared in pyproject.toml."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from ddim.evaluation.classifiers import load_digits_classifier
 from ddim.evaluation.digits import digits_split, load_digits_images
 from ddim.evaluation.frechet import fd_from_features, feature_statistics, frechet_distance
 from ddim.evaluation.kits import evaluate
+from tests.helpers import ROOT, check_error
 
 F64 = dict(dtype=torch.float64)
 
@@ -148,3 +151,51 @@ def test_evaluate_28x28_defaults_to_mnist_heldout_and_its_classifier():
     # the classifier agrees with the labels on training digits
     expected = torch.bincount(train_y[:300], minlength=10)
     assert (torch.tensor(result["classes"]) - expected).abs().sum() <= 12
+
+
+# ---------------------------------------------------------------------------- the eval extra
+@pytest.fixture
+def no_sklearn(monkeypatch):
+    for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn -> ImportError
+
+
+def test_eval_without_scikit_learn_says_what_to_install_before_any_work(no_sklearn, loads,
+                                                                        capsys):
+    """The reported example: `ddim eval` sampled first, then failed with a 20-line traceback."""
+    check_error(capsys, ["eval", "--model", "tiny"], 2,
+                "the digits data needs scikit-learn, which is not installed: pip install "
+                "'ddim[eval]' (or pass --reference FILE.npz)")
+    assert loads == []
+
+
+def test_digits_without_scikit_learn_is_one_line(no_sklearn):
+    with pytest.raises(ImportError) as info:
+        load_digits_images()
+    assert str(info.value) == ("the digits data needs scikit-learn, which is not installed: "
+                               "pip install 'ddim[eval]'")
+
+
+def test_eval_with_a_reference_needs_no_scikit_learn(no_sklearn, capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz",
+                 images=rng.integers(0, 256, (10, 8, 8, 1), dtype=np.uint8))
+    assert cli.main(["eval", "--images", str(tmp_path / "a.npz"), "--reference",
+                     str(tmp_path / "b.npz")]) == 0
+    assert capsys.readouterr().out.startswith("FD ")
+
+
+def test_the_eval_extra_is_declared_and_the_examples_that_need_it_say_so():
+    import tomllib  # Python >= 3.11
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(r.startswith("scikit-learn") for r in extras["eval"])
+    needing = [p for p in (ROOT / "examples").glob("*.py")
+               if "ddim.evaluation.digits" in p.read_text()]
+    assert len(needing) >= 2
+    for path in needing:
+        assert "pip install 'ddim[eval]'" in "".join(path.read_text().splitlines(True)[:4])
+

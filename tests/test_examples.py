@@ -29,6 +29,7 @@ def test_example_writes_its_image(tmp_path, name, output):
     assert (tmp_path / output).stat().st_size > 100
 
 
+@pytest.mark.slow
 def test_cifar10_example_offline_says_so(tmp_path):
     done = _run("cifar10_pretrained.py", tmp_path, HF_HUB_OFFLINE="1",
                 HF_HOME=str(tmp_path / "hf"))

@@ -1,5 +1,6 @@
 """``ddim generate``: exact counts, shards that do not depend on batch size or process count,
-resuming after a real SIGINT, torchrun with two CPU processes, and every refusal.
+resuming after a real SIGINT, torchrun with two CPU processes, and every refusal (another
+run's run.json is shown where it differs).
 
 All runs use a copy of the bundled digits model (8×8, 0.65 M parameters) with 2-3 steps: the
 copy keeps the weights fixed while a training job may rewrite the bundled file.
@@ -8,6 +9,7 @@ copy keeps the weights fixed while a training job may rewrite the bundled file.
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,7 +28,7 @@ from ddim import cli
 from ddim.generation import distributed
 from ddim.generation.folder_lock import LOCK_FILE
 from ddim.generation.generate import generate, pack
-from ddim.generation.manifest import MANIFEST, RunMismatchError
+from ddim.generation.manifest import MANIFEST, RunMismatchError, check_same_run, contrast
 from ddim.generation.shards import count_shards, shard_name
 from ddim.loading.pretrained import bundled_path
 
@@ -146,6 +148,7 @@ def test_resume_keeps_valid_shards_and_remakes_missing_or_corrupt_ones(bundle, t
     assert temp_files(out) == []
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_gives_the_uninterrupted_result(bundle, digits_dir, capsys,
                                                           tmp_path):
     args = ["--model", digits_dir, "--num", 32, "--shard-size", 4, "--steps", 20,
@@ -187,6 +190,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_torchrun_two_processes_match_one_process(bundle, digits_dir, tmp_path):
     cmd = ["torchrun", "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
@@ -301,19 +305,28 @@ def test_cli_world_size_above_shards_is_refused_before_joining(digits_dir, capsy
                    "--out", tmp_path / "run") == (2, "", "")
 
 
-def test_unwritable_folder(bundle, tmp_path):
+def test_unwritable_folder(bundle, tmp_path, monkeypatch):
+    # chmod stops no writes by root (how CI runs): the folder is made unwritable by patching
+    # what a read-only folder would answer, os.access and the mkdir of a folder inside it
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as root: chmod does not stop writes")
-        with pytest.raises(ValueError, match="out_dir .* is not writable"):
-            generate(bundle, locked, 4, steps=2, shard_size=4)
-        with pytest.raises(ValueError, match="out_dir: cannot create .*Permission denied"):
-            generate(bundle, locked / "run", 4, steps=2, shard_size=4)
-    finally:
-        locked.chmod(0o700)
+    real_access, real_mkdir = os.access, Path.mkdir
+
+    def access(path, mode, *args, **kwargs):
+        return False if os.fspath(path) == str(locked) else real_access(path, mode, *args,
+                                                                          **kwargs)
+
+    def mkdir(self, *args, **kwargs):
+        if self.parent == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(ValueError, match="out_dir .* is not writable"):
+        generate(bundle, locked, 4, steps=2, shard_size=4)
+    with pytest.raises(ValueError, match="out_dir: cannot create .*Permission denied"):
+        generate(bundle, locked / "run", 4, steps=2, shard_size=4)
 
 
 def test_full_disk_leaves_no_partial_shard_and_resumes(bundle, digits_dir, capsys, tmp_path,
@@ -356,3 +369,26 @@ def test_pack_lists_missing_shards(bundle, tmp_path):
     assert not (tmp_path / "all.npz").exists()
     with pytest.raises(ValueError, match="holds no run.json"):
         pack(tmp_path, tmp_path / "all.npz")
+
+
+# ---------------------------------------------------------------------------- run.json differences
+def test_differing_sha256_values_are_shown_where_they_differ(tmp_path):
+    """The reported example: both values cut at the same place, so they looked equal."""
+    old = {"weights": {"file": "diffusion_pytorch_model.safetensors", "sha256": "ab" * 31 + "01"}}
+    new = {"weights": {"file": "diffusion_pytorch_model.safetensors", "sha256": "ab" * 31 + "02"}}
+    with pytest.raises(RunMismatchError) as info:
+        check_same_run(tmp_path, old, new, False)
+    there, now = re.search(r"weights \((.*) there, (.*) now\)", str(info.value)).groups()
+    assert there != now and there.endswith('01"}') and now.endswith('02"}')
+
+
+@pytest.mark.parametrize("a, b", [
+    (list(range(100)), list(range(99)) + [100]),  # long lists that differ at the end
+    ("x" * 200, "x" * 200 + "y"),  # one a prefix of the other
+    ({"sha256": "0" * 64}, {"sha256": "1" + "0" * 63}),  # a difference at the start
+])
+def test_long_values_are_contrasted_around_their_first_difference(a, b):
+    ta, tb = contrast(a, b)
+    assert ta != tb and max(len(ta), len(tb)) <= 62
+    assert contrast(3, 4) == ("3", "4")  # short values whole
+

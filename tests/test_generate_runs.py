@@ -1,6 +1,6 @@
-"""Issue 12, the kinds of fault of ``generate`` runs: settings checked once (by SampleOptions)
-and recorded, a failed start leaves nothing behind (#7), shards carry their run's identity
-(#17), one writer per folder (#18).
+"""The kinds of fault of ``generate`` runs: settings checked once (by SampleOptions) and
+recorded, a failed start leaves nothing behind, shards carry their run's identity, one writer
+per folder.
 
 Each kind has the reported example with its right value, and more cases of the same kind.
 Runs use copies of the bundled models with 2 steps.
@@ -134,7 +134,7 @@ def test_resuming_with_another_solver_or_labels_is_refused(cond, tmp_path, chang
     assert info.value.fields == fields
 
 
-# ------------------------------------------------------------ #7 a failed start leaves nothing
+# ------------------------------------------------------------ a failed start leaves nothing
 def test_conditional_model_without_labels_leaves_no_folder(models, capsys, tmp_path):
     """The reported example: `ddim generate --model digits-cond` left an orphan run.json."""
     out = tmp_path / "D"
@@ -181,7 +181,7 @@ def test_the_library_checks_everything_before_writing(models, digits, cond, tmp_
     assert os.listdir(tmp_path) == []
 
 
-# ------------------------------------------------------------ #17 shards carry their run
+# ------------------------------------------------------------ shards carry their run
 def test_shards_of_a_replaced_run_are_regenerated_and_never_packed(digits, tmp_path):
     """The reported data loss: an η=0.5 run goes on writing shards after an `--overwrite`
     run with η=0 rewrote run.json and was killed. Its shards have the right shape, dtype and
@@ -238,11 +238,12 @@ def test_run_identity_is_the_content_not_the_layout():
     assert run_identity(a) != run_identity(a | {"eta": 0.0})
 
 
-# ------------------------------------------------------------ #18 one writer per folder
+# ------------------------------------------------------------ one writer per folder
 LOCKER = ("import sys, time\nfrom ddim.generation.folder_lock import lock_folder\n"
           "lock = lock_folder(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(300)\n")
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_at_once_naming_the_holder(digits, tmp_path):
     """Another live process holds the folder (here a small one that only locks it): generate
     is refused at once, naming its pid, and leaves that process's temporary files alone; once

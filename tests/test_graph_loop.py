@@ -11,7 +11,7 @@ import ddim
 from ddim.acceleration.graph_loop import LoopGraphs, StaticLoop
 from ddim.sampling.options import SampleOptions
 from ddim.sampling.plan import make_plan
-from tests.conftest import make_tiny_unet
+from tests.helpers import make_tiny_unet
 
 
 def _gens(n, seed=0):

@@ -1,5 +1,6 @@
 """Classifier-free guidance and conditioning, on the exact Gaussian-mixture oracle."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,21 @@ def test_model_kwargs_and_uncond_kwargs():
 def test_bad_conditioning(kwargs, error, match):
     with pytest.raises(error, match=match):
         ddim.sample(MIX.conditional_model(SCHED), 3, x_T=_x_T(2), **kwargs)
+
+
+def test_numpy_and_tensor_integer_labels_are_one_label():
+    cond = ddim.load_pretrained("digits-cond")
+    x_T = torch.randn(2, 1, 8, 8)
+    ref = ddim.sample(cond, 2, x_T=x_T, class_labels=3)
+    for label in (np.int64(3), np.int32(3), torch.tensor(3)):
+        assert torch.equal(ddim.sample(cond, 2, x_T=x_T, class_labels=label), ref)
+
+
+@pytest.mark.parametrize("scale", [torch.tensor(2.0), "2", [2.0]])
+def test_guidance_scale_of_the_wrong_type_is_a_type_error(scale):
+    cond = ddim.load_pretrained("digits-cond")
+    with pytest.raises(TypeError, match=r"guidance_scale must be a finite number >= 0, got"):
+        ddim.sample(cond, 2, class_labels=3, guidance_scale=scale)
 
 
 def test_guidance_on_an_unconditional_model():

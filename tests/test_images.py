@@ -1,5 +1,7 @@
-"""ddim.images: uint8 conversion, grid layout, PIL/PNG/npz output, atomic writes."""
+"""ddim.images: uint8 conversion, grid layout, PIL/PNG/npz output, atomic writes (and what
+every writer says about a missing folder, a file in its place or a full disk)."""
 
+import errno
 import os
 
 import numpy as np
@@ -7,6 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ddim.atomic import atomic_write_text
+from ddim.generation.manifest import write_manifest
+from ddim.generation.shards import write_shard
 from ddim.images import make_grid, save_image_grid, save_npz, save_png, to_pil, to_uint8
 
 
@@ -268,3 +273,41 @@ def test_successful_writes_replace_the_target_and_are_world_readable(tmp_path):
     os.umask(umask)
     if os.name == "posix" and not umask & 0o044:  # not the 0o600 of a bare temporary file
         assert (tmp_path / "s.npz").stat().st_mode & 0o044 == 0o044
+
+
+WRITERS = {
+    "save_image_grid": lambda p: save_image_grid(torch.zeros(2, 1, 4, 4), p / "g.png"),
+    "save_png": lambda p: save_png(p / "i.png", np.zeros((4, 4, 1), np.uint8)),
+    "save_npz": lambda p: save_npz(p / "i.npz", np.zeros((1, 4, 4, 1), np.uint8)),
+    "atomic_write_text": lambda p: atomic_write_text(p / "t.json", "{}"),
+    "write_shard": lambda p: write_shard(p / "shard-00000.npz",
+                                         np.zeros((1, 4, 4, 1), np.uint8), 0, "id"),
+    "write_manifest": lambda p: write_manifest(p, {"num": 1}),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_writing_into_a_missing_folder_names_the_folder(writer, tmp_path):
+    """The reported example: save_image_grid to a missing folder named an internal temp
+    file (.g.png.x1y2.tmp)."""
+    missing = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError) as info:
+        WRITERS[writer](missing)
+    assert f"its folder '{missing}' does not exist" in str(info.value)
+    assert ".tmp" not in str(info.value)
+
+
+def test_writing_into_a_file_or_a_full_disk_names_the_target(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"its folder '.*file' is not a folder"):
+        save_png(tmp_path / "file" / "i.png", np.zeros((4, 4, 1), np.uint8))
+
+    def full(file, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.raises(OSError) as info:
+        save_npz(tmp_path / "i.npz", np.zeros((1, 4, 4, 1), np.uint8))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "i.npz")
+    assert os.listdir(tmp_path) == ["file"]
+

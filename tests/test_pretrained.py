@@ -1,6 +1,9 @@
-"""load_pretrained: the bundled model, diffusers folders, hub ids offline, and bad files."""
+"""load_pretrained: the bundled model, diffusers folders, hub ids offline (and the download
+command the offline message names), the bundle's repr, and bad files: state-dict mismatches
+shown in one line, pickles with code refused for safety and never run."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -10,8 +13,9 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
 import ddim
 from ddim import NoiseSchedule, PretrainedError
+from ddim.loading import hub
 from ddim.loading.pretrained import bundled_path
-from tests.conftest import make_tiny_unet
+from tests.helpers import Elementwise, make_tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +153,31 @@ def test_hub_id_from_the_cache(monkeypatch, tmp_path, saved_pipeline):
     _assert_same_model(ddim.load_pretrained("someone/tiny-ddpm"), unet)
 
 
+@pytest.mark.parametrize("version, command", [
+    ("0.36.0", "huggingface-cli download google/ddpm-cifar10-32 --local-dir ./ddpm-cifar10-32"),
+    ("1.0.0", "hf download google/ddpm-cifar10-32 --local-dir ./ddpm-cifar10-32"),
+    ("1.2.0rc1", "hf download google/ddpm-cifar10-32 --local-dir ./ddpm-cifar10-32"),
+])
+def test_the_hint_names_the_command_the_installed_hub_has(version, command, monkeypatch):
+    monkeypatch.setattr(hub.metadata, "version", lambda name: version)
+    assert hub.download_command("google/ddpm-cifar10-32") == command
+
+
+def test_the_offline_message_names_the_installed_command(monkeypatch, tmp_path):
+    """The reported example: it said `huggingface-cli download`, which huggingface-hub >= 1.0
+    does not install. This machine's version decides."""
+    from importlib import metadata
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    tool = "hf" if int(metadata.version("huggingface_hub").split(".")[0]) >= 1 else (
+        "huggingface-cli")
+    assert shutil.which(tool) or not shutil.which("hf"), f"{tool} is not on PATH"
+    with pytest.raises(ddim.PretrainedError, match=rf"`{tool} download google/ddpm-cifar10-32 "
+                                                  r"--local-dir \./ddpm-cifar10-32`"):
+        ddim.load_pretrained("google/ddpm-cifar10-32")
+
+
 # ------------------------------------------------------------------ bad folders and files
 def test_unknown_name_and_missing_folder(tmp_path):
     with pytest.raises(PretrainedError, match=r"model 'digitz' not found.*bundled"):
@@ -228,8 +257,95 @@ def test_invalid_json_and_scheduler_config(saved_pipeline):
         ddim.load_pretrained(folder)
 
 
+def save_unet(folder):
+    unet = make_tiny_unet(seed=3)
+    unet.save_pretrained(folder)
+    return unet
+
+
+def test_in_channels_mismatch_shows_what_differs(tmp_path):
+    """The reported example: only the first line of the state-dict error was shown."""
+    save_unet(tmp_path / "u")
+    config = json.loads((tmp_path / "u" / "config.json").read_text())
+    (tmp_path / "u" / "config.json").write_text(json.dumps(config | {"in_channels": 3}))
+    with pytest.raises(ddim.PretrainedError) as info:
+        ddim.load_pretrained(tmp_path / "u")
+    msg = str(info.value)
+    assert ("size mismatch for conv_in.weight: copying a param with shape torch.Size([32, 1, "
+            "3, 3]) from checkpoint, the shape in current model is torch.Size([32, 3, 3, 3])"
+            ) in msg
+    assert "\n" not in msg and "ignore_mismatched_sizes" not in msg
+
+
+def test_another_architecture_lists_a_few_mismatches_and_counts_the_rest(tmp_path):
+    save_unet(tmp_path / "u")
+    config = json.loads((tmp_path / "u" / "config.json").read_text())
+    (tmp_path / "u" / "config.json").write_text(json.dumps(config | {
+        "block_out_channels": [16, 32], "norm_num_groups": 4}))
+    with pytest.raises(ddim.PretrainedError, match=r"size mismatch for .*; size mismatch for "
+                                                   r".* \(and \d+ more\)$"):
+        ddim.load_pretrained(tmp_path / "u")
+
+
+class Payload:
+    """A pickle that would run a command when loaded."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("payload, named", [
+    (lambda marker: Payload(f"touch {marker}"), "posix.system"),
+    (lambda marker: {"conv_in.weight": Payload(f"touch {marker}")}, "posix.system"),
+])
+def test_a_pickle_with_code_is_refused_for_safety_and_never_runs(payload, named, tmp_path):
+    """The reported example: the refusal did not say it was refused for safety."""
+    save_unet(tmp_path / "u")
+    (tmp_path / "u" / "diffusion_pytorch_model.safetensors").unlink()
+    marker = tmp_path / "PWNED"
+    torch.save(payload(marker), tmp_path / "u" / "diffusion_pytorch_model.bin")
+    with pytest.raises(ddim.PretrainedError) as info:
+        ddim.load_pretrained(tmp_path / "u")
+    msg = str(info.value)
+    assert not marker.exists()
+    assert msg.startswith(f"refused to load {tmp_path / 'u' / 'diffusion_pytorch_model.bin'} "
+                          "for safety: it is a pickle that holds more than tensors")
+    assert named in msg and "Only if you trust its source, convert it to safetensors" in msg
+    assert "save_file(torch.load(" in msg and "\n" not in msg
+
+
+def test_a_truncated_pickle_is_not_called_unsafe(tmp_path):
+    unet = save_unet(tmp_path / "u")
+    (tmp_path / "u" / "diffusion_pytorch_model.safetensors").unlink()
+    unet.save_pretrained(tmp_path / "b", safe_serialization=False)
+    data = (tmp_path / "b" / "diffusion_pytorch_model.bin").read_bytes()
+    (tmp_path / "u" / "diffusion_pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ddim.PretrainedError, match=r"cannot load weights .*\.bin: ") as info:
+        ddim.load_pretrained(tmp_path / "u")
+    assert "safety" not in str(info.value)
+
+
+# ------------------------------------------------------------------ the bundle
 def test_to_moves_the_network_in_place_like_nn_module():
     a = ddim.load_pretrained("digits")
     b = a.to(dtype=torch.float64)
     assert b.model is a.model and next(a.parameters()).dtype == torch.float64
     assert b.schedule == a.schedule and b.sample_shape == a.sample_shape
+
+
+def test_repr_of_a_bundle_is_a_short_summary():
+    """The reported example: repr(Pretrained) printed the whole UNet, 5846 characters."""
+    text = repr(ddim.load_pretrained("digits"))
+    assert len(text) < 300 and "\n" not in text
+    for part in ("Pretrained(name='digits', model=UNet2DModel, parameters=0.", "M, "
+                 "sample_shape=(1, 8, 8), prediction_type='epsilon', schedule=NoiseSchedule(T=1000",
+                 "data_range=(-1.0, 1.0), device=cpu, dtype=float32)"):
+        assert part in text
+    small = ddim.Pretrained(model=Elementwise(), schedule=ddim.NoiseSchedule.linear(),
+                            sample_shape=(1, 4, 4), name="tiny").to(dtype=torch.bfloat16)
+    assert "model=Elementwise, parameters=0.00M" in repr(small)
+    assert "dtype=bfloat16" in repr(small)
+

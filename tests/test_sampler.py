@@ -1,11 +1,12 @@
-"""The sampler loop: recorded model calls, randomness, callbacks, dtypes and devices."""
+"""The sampler loop: recorded model calls, randomness, callbacks, dtypes and devices; no NaN at
+clean or zero-SNR levels that the model did not return."""
 
 import pytest
 import torch
 
 import ddim
 from ddim import NoiseSchedule
-from ddim.maths.grids import SPACINGS, timesteps
+from ddim.maths.grids import SPACINGS, grid_levels, timesteps
 
 
 class Recorder:
@@ -101,7 +102,7 @@ def test_diffusers_unet_sample_shape_device_and_learned_variance(tiny_unet):
     torch.manual_seed(0)
     out = ddim.sample(tiny_unet, 3, batch_size=2)
     assert out.shape == (2, 1, 8, 8) and out.dtype == torch.float32
-    from tests.conftest import make_tiny_unet
+    from tests.helpers import make_tiny_unet
 
     lv = make_tiny_unet(out_channels=2)  # learned variance: ε and a variance channel
     x_T = torch.randn(2, 1, 8, 8)
@@ -202,7 +203,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @cuda
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_cpu_generator_gives_the_same_result_on_cuda(eta):
-    from tests.conftest import make_tiny_unet
+    from tests.helpers import make_tiny_unet
 
     # TF32 is off here (the conftest fixture): with it on, cuDNN's convolutions differ from
     # the CPU's by ~1e-3 per forward and this differs by 0.025 (measured on an H200); off,
@@ -406,3 +407,51 @@ def test_result_is_an_ordinary_tensor_in_every_grad_mode(context):
     (out * w).square().sum().backward()  # saved for backward: fails on an inference tensor
     assert torch.allclose(w.grad, 2 * out.square().sum())
     out.add_(1)  # in-place outside inference mode: fails on an inference tensor
+
+
+# ---------------------------------------------------------------------- clean and zero-SNR levels
+def test_clean_first_level_with_x0_prediction_returns_the_last_x0():
+    s = NoiseSchedule([1.0, 0.5, 0.1])  # ᾱ = 1 at t=0: ε̂ would be 0/0 there
+
+    def quarter(x, t):
+        return torch.full_like(x, 0.25)
+
+    out = ddim.sample(quarter, 3, x_T=torch.ones(1, 1, 1, 1), schedule=s,
+                      prediction_type="sample")
+    assert out.flatten().tolist() == [0.25]
+    latent = ddim.invert(quarter, torch.ones(1, 1, 1, 1), 3, schedule=s,
+                         prediction_type="sample")
+    assert torch.isfinite(latent).all()
+
+
+@pytest.mark.parametrize("schedule", [
+    NoiseSchedule([1.0, 0.5, 0.1]),
+    NoiseSchedule([1.0, 0.9, 0.5, 0.0], allow_zero_terminal=True),
+    NoiseSchedule.linear().rescale_zero_terminal_snr(),
+], ids=["clean-first", "clean-first-zero-terminal", "zero-terminal"])
+@pytest.mark.parametrize("ptype", ["sample", "v_prediction", "epsilon"])
+@pytest.mark.parametrize("setting", [dict(eta=0.0), dict(eta=1.0), dict(sigma_hat=True),
+                                     dict(final_alpha="first"), dict(clip_sample=1.0)])
+def test_no_schedule_and_prediction_type_makes_a_nan(schedule, ptype, setting):
+    if ptype == "epsilon" and schedule.zero_terminal_snr:
+        pytest.skip("refused with a clear message (test_errors)")
+    T = schedule.num_train_timesteps
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    for steps in sorted({1, 2, T}):
+        def model(x, t):
+            return 0.3 * x + 0.1
+
+        out = list(ddim.sample_iter(model, steps, x_T=torch.randn(2, 1, 3, 3), schedule=schedule,
+                                    prediction_type=ptype, generator=gens, spacing="linspace",
+                                    **setting))
+        for step in out:
+            for value in (step.sample, step.pred_x0, step.pred_eps):
+                assert torch.isfinite(value).all(), (steps, step.index)
+        if setting == dict(eta=0.0):
+            kw = dict(schedule=schedule, prediction_type=ptype, spacing="linspace")
+            a = grid_levels(schedule, timesteps(schedule, steps, "linspace"))
+            if a[0][0] == 0 and a[1][0] == 1:  # from ᾱ = 0 to 1: x_T enters through x̂0 only
+                with pytest.raises(ValueError, match=r"steps from ᾱ = 0 .* straight to ᾱ = 1"):
+                    ddim.invert(model, out[-1].sample, steps, **kw)
+            else:
+                assert torch.isfinite(ddim.invert(model, out[-1].sample, steps, **kw)).all()

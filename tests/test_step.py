@@ -1,4 +1,6 @@
-"""The DDIM step's algebra in float64: PF-ODE Euler step, DDPM posterior variance, exact x0."""
+"""The DDIM step's algebra in float64: PF-ODE Euler step, DDPM posterior variance, exact x0;
+x̂0 processing (clipping, to a range or the model's data range, dynamic thresholding); a step
+at a clean level (ᾱ = 1) stays finite."""
 
 import math
 
@@ -132,12 +134,47 @@ def test_dynamic_thresholding():
     torch.testing.assert_close(out[1], x0[1])  # s clamps to 1: within [-1, 1], unchanged
 
 
+def test_clip_sample_to_an_asymmetric_range():
+    def x0_model(x, t):
+        return torch.tensor([-3.0, 0.5, 3.0]).reshape(1, 3, 1, 1).expand_as(x)
+
+    out = ddim.sample(x0_model, 3, x_T=torch.zeros(1, 3, 1, 1), prediction_type="sample",
+                      clip_sample=(0.0, 1.0))
+    assert out.flatten().tolist() == [0.0, 0.5, 1.0]
+    out = ddim.sample(x0_model, 3, x_T=torch.zeros(1, 3, 1, 1), prediction_type="sample",
+                      clip_sample=2.0)
+    assert out.flatten().tolist() == [-2.0, 0.5, 2.0]
+    step = ddim.ddim_step(torch.zeros(1, 3, 1, 1), x0_model(torch.zeros(1, 3, 1, 1), None), 0.5,
+                          1.0, prediction_type="sample", clip_sample=(0.0, 1.0))
+    assert step.prev_sample.flatten().tolist() == [0.0, 0.5, 1.0]
+
+
+def test_clip_sample_true_is_the_models_data_range():
+    digits = ddim.load_pretrained("digits")
+    unit = type(digits)(digits.model, digits.schedule, digits.sample_shape, digits.prediction_type,
+                        "unit", data_range=(0.0, 1.0))
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = ddim.sample(unit, 5, x_T=x_T, clip_sample=True)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    plain = ddim.sample(digits.model, 5, x_T=x_T, clip_sample=True)  # no range: [-1, 1]
+    assert plain.min() >= -1.0 and plain.max() <= 1.0 and plain.min() < 0
+
+
 def test_predict_x0_eps_round_trip():
     x, out = _rand(2, 2, 3), _rand(2, 2, 3, seed=4)
     for ptype in ["epsilon", "sample", "v_prediction"]:
         x0, eps = predict_x0_eps(x, out, 0.37, ptype)
         torch.testing.assert_close(math.sqrt(0.37) * x0 + math.sqrt(0.63) * eps, x,
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_single_step_at_a_clean_level_is_finite():
+    x, out = torch.ones(2, 1, 2, 2), torch.full((2, 1, 2, 2), 0.25)
+    step = ddim.ddim_step(x, out, 1.0, 1.0, prediction_type="sample")
+    assert step.prev_sample.flatten().tolist() == [0.25] * 8
+    assert torch.equal(step.pred_eps, torch.zeros_like(x))
+    x0, eps = ddim.predict_x0_eps(x, out, torch.tensor([1.0, 0.5]), "sample")
+    assert torch.isfinite(eps).all() and torch.equal(eps[0], torch.zeros_like(eps[0]))
 
 
 @pytest.mark.parametrize("ptype", ["epsilon", "sample", "v_prediction"])
