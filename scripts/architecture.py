@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser, as a package (the test extra has it)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "ddim"
