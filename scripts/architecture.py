@@ -5,6 +5,7 @@ first line of its docstring). The README's architecture section is this script's
 
     python scripts/architecture.py            # print the section
     python scripts/architecture.py --check    # exit 1 if README.md's section differs
+    python scripts/architecture.py --sizes    # with the lines of every module
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def modules(wing: str) -> list[Path]:
     return [PACKAGE / f"{wing}.py"]
 
 
-def section() -> str:
-    """The architecture section of the README, drawn from the contract and the tree."""
+def section(sizes: bool = False) -> str:
+    """The architecture section of the README, drawn from the contract and the tree
+    (``sizes``: with each module's and wing's number of lines, for a review)."""
     rows = []
     for number, layer in enumerate(layers(), start=1):
         for wing in layer:
@@ -59,11 +61,12 @@ def section() -> str:
             lines = sum(len(f.read_text().splitlines()) for f in files)
             siblings = f" (beside {', '.join(w for w in layer if w != wing)})" if len(
                 layer) > 1 else ""
+            size = f", {lines} lines" if sizes else ""
             rows.append(f"**{wing}**{'/' if (PACKAGE / wing).is_dir() else '.py'} — layer "
-                        f"{number}{siblings}, {len(files)} module{'s' * (len(files) > 1)}, "
-                        f"{lines} lines")
-            rows += [f"- `{f.name}` ({len(f.read_text().splitlines())}): {summary(f)}"
-                     for f in files]
+                        f"{number}{siblings}, {len(files)} module{'s' * (len(files) > 1)}"
+                        f"{size}")
+            rows += [f"- `{f.name}`{f' ({len(f.read_text().splitlines())})' if sizes else ''}"
+                     f": {summary(f)}" for f in files]
             rows.append("")
     return "\n".join(rows).rstrip() + "\n"
 
@@ -71,8 +74,9 @@ def section() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="compare with README.md's section")
+    p.add_argument("--sizes", action="store_true", help="print the lines of each module too")
     args = p.parse_args(argv)
-    text = section()
+    text = section(sizes=args.sizes)
     if not args.check:
         print(text, end="")
         return 0
