@@ -56,14 +56,15 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> to
 
 
 def interpolation_strip(model: Any, x_T0: torch.Tensor, x_T1: torch.Tensor, num: int = 8,
-                        steps: int = 50, **sample_kwargs: Any) -> torch.Tensor:
+                        steps: int | None = None, **sample_kwargs: Any) -> torch.Tensor:
     """Decode ``num`` slerp points between two latents with deterministic DDIM (η=0).
 
     Args:
         model: as for :func:`ddim.sample`.
         x_T0, x_T1: two latents of shape (1, C, H, W) (or (C, H, W)).
         num: points including both ends, >= 2.
-        steps: DDIM steps; further keyword arguments go to :func:`ddim.sample` (not eta).
+        steps: DDIM steps (default 50, or the number of ``timesteps`` given); further
+            keyword arguments go to :func:`ddim.sample` (not eta).
 
     Returns:
         (num, C, H, W) samples, the first decoded from x_T0 and the last from x_T1.
