@@ -106,8 +106,8 @@ def test_every_subcommand_shows_the_shared_options_with_defaults(command, capsys
                      "folder or hub id (default: digits)",
                      "--steps STEPS number of DDIM steps, 1..T", "(default: 50)",
                      "where the steps go: trailing starts at T-1 for every step count; "
-                     "leading is the paper's uniform grid (default: trailing)",
-                     "--seed SEED seed of the run; image i uses seed (seed, i) (default: 0)",
+                     "leading is the paper's uniform grid;", "(default: trailing)",
+                     "--seed SEED seed of the run; image i uses seed (seed, i)",
                      "--device DEVICE torch device, e.g. cpu or cuda:0"]:
         assert fragment in text, (command, fragment)
     if command != "invert":  # deterministic: it takes no η

@@ -124,7 +124,7 @@ def test_eta_up_to_one_always_fits(steps):
 @pytest.mark.parametrize(("kwargs", "pattern"), [
     (dict(spacing="uniform"),
      r"spacing must be one of \('leading', 'trailing', 'linspace', 'quad', 'time_quadratic', "
-     r"'karras', 'kl_optimal', 'log_snr'\), got 'uniform'"),
+     r"'karras', 'kl_optimal', 'log_snr', 'calibrated'\), got 'uniform'"),
     (dict(prediction_type="eps"),
      r"prediction_type must be one of \('epsilon', 'sample', 'v_prediction'\), got 'eps'"),
     (dict(final_alpha="zero"), r"final_alpha must be one of \('one', 'first'\), got 'zero'"),

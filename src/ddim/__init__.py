@@ -10,6 +10,7 @@ import-linter contract states their order; an arrow never points up):
 - :mod:`ddim.loading`: bundled models, diffusers folders, hub ids;
 - :mod:`ddim.editing`: inversion, image-to-image, inpainting, interpolation;
 - :mod:`ddim.acceleration`: trace, compile, CUDA graphs, the precision switch;
+- :mod:`ddim.calibration`: grids fitted to one model and solver;
 - :mod:`ddim.generation`: many samples as resumable shards, on one or many processes;
 - :mod:`ddim.evaluation`: Fréchet distances, the shipped classifiers, the reference digits;
 - :mod:`ddim.cli`: the ``ddim`` command.
@@ -42,21 +43,23 @@ _EXPORTS = {
     "invert": "editing.inversion",
     "accelerate": "acceleration.accelerate", "strict_float32": "acceleration.precision",
     "generate": "generation.generate", "pack": "generation.packing",
+    "calibrate_timesteps": "calibration.search", "calibrated_timesteps": "loading.calibrations",
     "make_grid": "images", "save_image_grid": "images", "to_pil": "images",
     "to_uint8": "images",
 }
 
 __all__ = [  # the keys of _EXPORTS, spelt out for tools that read __all__
     "BUNDLED_MODELS", "NoiseSchedule", "NonFiniteError", "Pretrained", "PretrainedError",
-    "SampleStep", "StepOutput", "accelerate", "ddim_sigma", "ddim_step", "generate", "img2img",
-    "inpaint", "interpolation_strip", "invert", "load_pretrained", "make_grid", "pack",
-    "predict_x0_eps", "sample", "sample_iter", "save_image_grid", "slerp", "strict_float32",
-    "to_pil", "to_uint8",
+    "SampleStep", "StepOutput", "accelerate", "calibrate_timesteps", "calibrated_timesteps",
+    "ddim_sigma", "ddim_step", "generate", "img2img", "inpaint", "interpolation_strip",
+    "invert", "load_pretrained", "make_grid", "pack", "predict_x0_eps", "sample", "sample_iter",
+    "save_image_grid", "slerp", "strict_float32", "to_pil", "to_uint8",
 ]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily
     from .acceleration.accelerate import accelerate
     from .acceleration.precision import strict_float32
+    from .calibration.search import calibrate_timesteps
     from .editing.img2img import img2img
     from .editing.inpaint import inpaint
     from .editing.interpolation import interpolation_strip, slerp
@@ -64,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load l
     from .generation.generate import generate
     from .generation.packing import pack
     from .images import make_grid, save_image_grid, to_pil, to_uint8
+    from .loading.calibrations import calibrated_timesteps
     from .loading.folders import PretrainedError
     from .loading.pretrained import BUNDLED_MODELS, Pretrained, load_pretrained
     from .maths.ddim_coefficients import ddim_sigma

@@ -27,7 +27,7 @@ from .base import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError, Pa
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "CliError", "build_parser", "main"]
 
-GROUPS = ("sample", "evaluate", "generate", "edit")  # modules, in the order of ``ddim --help``
+GROUPS = ("sample", "evaluate", "generate", "edit", "calibrate")  # in ``ddim --help``'s order
 
 
 def main(argv: Sequence[str] | None = None) -> int:

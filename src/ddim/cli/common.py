@@ -146,6 +146,24 @@ def model_labels(args: argparse.Namespace, bundle: Pretrained) -> tuple[int, ...
     return _resolve(args, *class_info(bundle))
 
 
+def settings_for_model(args: argparse.Namespace, settings: SamplingSettings,
+                       bundle: Pretrained) -> SamplingSettings:
+    """``settings`` for the loaded ``bundle``: --class resolved, and the grid fitted to it
+    (--calibration FILE, or --spacing calibrated and the folder's file) made explicit, so
+    that the files written record the grid itself.
+
+    Raises:
+        CliError: labels the model does not take; no calibrated grid (saying why).
+    """
+    settings = settings.replaced(class_labels=model_labels(args, bundle))
+    try:
+        if getattr(args, "calibration", None) is not None:
+            settings = settings.with_calibrated_grid(bundle, args.calibration)
+        return settings.for_model(bundle)
+    except (TypeError, ValueError) as err:
+        raise library_error(err) from None
+
+
 def _resolve(args: argparse.Namespace, num_classes: int | None,
              null: int | None) -> tuple[int, ...] | None:
     if args.class_labels is None:

@@ -44,8 +44,8 @@ from .common import (
     check_output,
     library_error,
     load_model,
-    model_labels,
     sampling_settings,
+    settings_for_model,
     want_progress,
 )
 from .options import add_options, positive_int
@@ -100,10 +100,12 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         with distributed.launch(args.device) as proc:
             bundle = load_model(args.model, proc.device)
-            labels = model_labels(args, bundle)
             try:
-                run = prepare_run(bundle, args.out, settings.replaced(class_labels=labels),
-                                  device=proc.device,
+                resolved = settings_for_model(args, settings, bundle)
+            except CliError as err:  # alike on every rank
+                return _report_once(err, proc.rank)
+            try:
+                run = prepare_run(bundle, args.out, resolved, device=proc.device,
                                   overwrite=args.overwrite, rank=proc.rank,
                                   world_size=proc.world_size)
             except (TypeError, ValueError, OSError) as err:  # alike on every rank

@@ -19,15 +19,17 @@ import argparse
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..loading.pretrained import BUNDLED_MODELS
-from ..maths.grids import DEFAULT_SPACING, SPACINGS
+from ..maths.grids import DEFAULT_SPACING, SPACING_CHOICES
 from ..sampling.guidance import NULL_LABEL
 from ..sampling.options import DEFAULT_STEPS
 from ..sampling.solvers import SOLVER_NAMES, solver_help
 
-COMMANDS = frozenset({"sample", "eval", "generate", "invert", "inpaint", "img2img"})
+COMMANDS = frozenset({"sample", "eval", "generate", "invert", "inpaint", "img2img",
+                      "calibrate"})
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -103,22 +105,31 @@ class Option:
 
 _MANY = frozenset({"sample", "eval", "generate"})  # many images, in batches
 _PNG = frozenset({"sample", "invert", "inpaint", "img2img"})
-_NOISY = COMMANDS - {"invert"}  # inversion is deterministic: it takes no η
+_NOISY = COMMANDS - {"invert", "calibrate"}  # inversion and calibration are deterministic
+_GRIDDED = COMMANDS - {"calibrate"}  # calibrate takes several --steps, and fits the spacing
 
 OPTIONS: tuple[Option, ...] = (
     Option("--model", f"bundled model {BUNDLED_MODELS}, diffusers folder or hub id",
            dict(default="digits")),
     Option("--steps", "number of DDIM steps, 1..T (the model's training steps)",
-           dict(type=positive_int, default=DEFAULT_STEPS), keyword="steps"),
+           dict(type=positive_int, default=DEFAULT_STEPS), _GRIDDED, keyword="steps"),
     Option("--eta", "η >= 0: 0 deterministic DDIM, 1 DDPM-like",
            dict(type=number_in(0.0), default=0.0), _NOISY, keyword="eta"),
     Option("--solver", f"the update after each model call (η > 0 is ddim's only): "
            f"{solver_help()}", dict(choices=SOLVER_NAMES, default="ddim"),
            keyword="solver"),
     Option("--spacing", "where the steps go: trailing starts at T-1 for every step count; "
-           "leading is the paper's uniform grid",
-           dict(choices=SPACINGS, default=DEFAULT_SPACING), keyword="spacing"),
-    Option("--seed", "seed of the run; image i uses seed (seed, i)",
+           "leading is the paper's uniform grid; karras, kl_optimal and log_snr are placed in "
+           "the noise level; calibrated is the grid fitted to the model and solver (ddim "
+           "calibrate), from the model folder's calibration.json or --calibration",
+           dict(choices=SPACING_CHOICES, default=DEFAULT_SPACING), _GRIDDED,
+           keyword="spacing"),
+    Option("--calibration", "a calibration file (ddim calibrate --out) to take the grid "
+           "from: the one fitted to the model for --solver and --steps",
+           dict(type=Path, default=None, metavar="FILE"), _MANY,
+           shown="the model folder's calibration.json, with --spacing calibrated"),
+    Option("--seed", "seed of the run; image i uses seed (seed, i); calibrate: the seed of "
+           "its calibration noises, a stream of its own",
            dict(type=natural_int, default=0)),
     Option("--class", "class label(s) for a class-conditional model: one for all images, or "
            "a list that image i takes entry i mod its length from (--class 0 1 2 3 4 5 6 7 "
@@ -133,7 +144,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--batch-size", "images per model call; does not change the images",
            dict(type=positive_int, default=64), _MANY),
     Option("--progress", "show a progress bar",
-           dict(action=argparse.BooleanOptionalAction, default=None), _MANY,
+           dict(action=argparse.BooleanOptionalAction, default=None), _MANY | {"calibrate"},
            shown="only when stderr is a terminal"),
     Option("--scale", "integer upscaling of the PNG grid, nearest neighbour",
            dict(type=positive_int, default=4), _PNG),

@@ -31,9 +31,9 @@ from .common import (
     describe,
     library_error,
     load_model,
-    model_labels,
     progress_bar,
     sampling_settings,
+    settings_for_model,
     want_progress,
     write_images,
 )
@@ -126,7 +126,7 @@ def sample_images(bundle: Pretrained, settings: SamplingSettings, args: argparse
         CliError: status 2 for arguments the model refuses (checked before any model call),
         1 when sampling fails (the model returned NaN or inf).
     """
-    settings = settings.replaced(class_labels=model_labels(args, bundle))
+    settings = settings_for_model(args, settings, bundle)
     try:  # every argument against the model, before any model call
         settings.check_model(bundle, device)
     except (TypeError, ValueError) as err:

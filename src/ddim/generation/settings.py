@@ -23,7 +23,8 @@ import torch
 
 from ..checks import check_bool, check_int
 from ..images import PIL_MODES
-from ..maths.grids import DEFAULT_SPACING
+from ..loading.calibrations import calibrated_timesteps
+from ..maths.grids import CALIBRATED, DEFAULT_SPACING
 from ..sampling.guidance import check_label_list, class_info, cycled_labels, resolve_labels
 from ..sampling.noise import sample_generators
 from ..sampling.options import DEFAULT_STEPS, SampleOptions, check_keywords
@@ -93,15 +94,37 @@ class SamplingSettings:
         return dict(self.options, seed=self.seed, class_labels=self.class_labels)
 
     def for_model(self, model: Any) -> SamplingSettings:
-        """These settings with ``"null"`` labels replaced by ``model``'s null class.
+        """These settings for ``model``: ``"null"`` labels replaced by its null class, and
+        ``spacing="calibrated"`` by the grid fitted to it (:meth:`with_calibrated_grid`), so
+        that what is recorded is the grid itself.
 
         Raises:
             ValueError: labels for a model that is not class-conditional, ``"null"`` for one
-            without a null class, a label outside the model's classes.
+            without a null class, a label outside the model's classes; no calibrated grid.
         """
-        if self.class_labels is None:
-            return self
-        return self.replaced(class_labels=resolve_labels(self.class_labels, *class_info(model)))
+        settings = self
+        if self.options.get("spacing") == CALIBRATED:
+            settings = settings.with_calibrated_grid(model)
+        if settings.class_labels is None:
+            return settings
+        return settings.replaced(class_labels=resolve_labels(settings.class_labels,
+                                                             *class_info(model)))
+
+    def with_calibrated_grid(self, model: Any, file: str | None = None) -> SamplingSettings:
+        """These settings with the grid fitted to ``model`` for their solver and steps, as
+        explicit ``timesteps`` (from calibration file ``file``, default the model folder's).
+
+        Raises:
+            ValueError: no calibrated grid (:class:`ddim.loading.calibrations.CalibrationError`
+            says why), or settings that give a grid of their own.
+        """
+        o = self.options
+        if o.get("timesteps") is not None or o.get("spacing") not in (None, CALIBRATED,
+                                                                       DEFAULT_SPACING):
+            raise ValueError("a calibrated grid replaces the spacing: give spacing='calibrated'"
+                             f" or none, not spacing={o.get('spacing')!r}")
+        grid = calibrated_timesteps(file, model, o["solver"], o["steps"])
+        return self.replaced(spacing=None, timesteps=grid)
 
     def keywords(self, lo: int, hi: int, x_T: torch.Tensor | None = None) -> dict[str, Any]:
         """The keywords of :func:`ddim.sample_iter` for samples ``lo .. hi-1`` of the run:

@@ -33,6 +33,7 @@ from ..maths.prediction import PREDICTION_TYPES
 from ..maths.schedule import NoiseSchedule
 from ..sampling.model_contract import as_model_fn, model_device_dtype
 from . import folders as files
+from .calibrations import calibrated_timesteps
 from .folders import WEIGHT_NAMES, PretrainedError
 from .hub import download
 
@@ -87,6 +88,20 @@ class Pretrained:
                 f"prediction_type={self.prediction_type!r}, schedule={self.schedule!r}, "
                 f"data_range={tuple(self.data_range)}, device={device}, "
                 f"dtype={str(dtype).removeprefix('torch.')})")
+
+    def calibrated_timesteps(self, solver: str, steps: int, *,
+                             schedule: NoiseSchedule | None = None,
+                             prediction_type: str | None = None) -> list[int]:
+        """The grid fitted to this model for ``solver`` and ``steps``, from the calibration
+        file of its folder (what ``spacing="calibrated"`` uses; see
+        :mod:`ddim.loading.calibrations`).
+
+        Raises:
+            CalibrationError: no file, no grid for this solver and S, or one fitted to other
+                weights, another schedule or prediction type (the message names it).
+        """
+        return calibrated_timesteps(None, self, solver, steps, schedule=schedule,
+                                    prediction_type=prediction_type)
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Pretrained:
         """The bundle with its network moved to ``device`` and/or cast to ``dtype``.

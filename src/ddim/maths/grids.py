@@ -26,6 +26,8 @@ from .schedule import NoiseSchedule
 from .spacings import SIGMA_SPACINGS, TIME_SPACINGS, sigma_timesteps, time_timesteps
 
 SPACINGS = TIME_SPACINGS + SIGMA_SPACINGS
+CALIBRATED = "calibrated"  # not a rule: the grid fitted to the model (ddim.calibration)
+SPACING_CHOICES = SPACINGS + (CALIBRATED,)
 DEFAULT_SPACING = "trailing"  # starts at T-1 for every S: never from a level far below noise
 FINAL_ALPHAS = ("one", "first")
 

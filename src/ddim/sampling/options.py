@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 from ..checks import check_bool, check_choice, check_device, check_eta, check_int
-from ..maths.grids import FINAL_ALPHAS, SPACINGS, refuse_with_explicit_grid, timestep_array
+from ..maths.grids import (
+    FINAL_ALPHAS,
+    SPACING_CHOICES,
+    refuse_with_explicit_grid,
+    timestep_array,
+)
 from ..maths.prediction import PREDICTION_TYPES
 from ..maths.schedule import NoiseSchedule
 from ..maths.thresholding import ClipSample, clip_range
@@ -160,7 +165,7 @@ _CHECKS: dict[str, Callable[[SampleOptions, Any], Any]] = {
     "eta": lambda o, v: check_eta(v),
     "solver": lambda o, v: check_choice("solver", v, SOLVER_NAMES),
     "schedule": _schedule,
-    "spacing": _optional_choice("spacing", SPACINGS),
+    "spacing": _optional_choice("spacing", SPACING_CHOICES),
     "timesteps": _timesteps,
     "final_alpha": lambda o, v: check_choice("final_alpha", v, FINAL_ALPHAS),
     "sigma_hat": lambda o, v: check_bool("sigma_hat", v),

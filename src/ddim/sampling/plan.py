@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ..checks import check_choice
+from ..checks import check_choice, check_int
 from ..maths.ddim_coefficients import check_eta_fits
-from ..maths.grids import GridSpec, grid_levels, grid_spec, grid_timesteps
+from ..maths.grids import CALIBRATED, GridSpec, grid_levels, grid_spec, grid_timesteps
 from ..maths.prediction import PREDICTION_TYPES, refuse_zero_snr_epsilon
 from ..maths.schedule import NoiseSchedule, default_schedule
 from ..maths.thresholding import clip_range
@@ -138,8 +138,9 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
                         f"{type(schedule).__name__}")
     ptype = o.prediction_type or getattr(model, "prediction_type", None) or "epsilon"
     check_choice("prediction_type", ptype, PREDICTION_TYPES)
-    spec = grid_spec(o.steps, o.spacing, o.steps_offset, o.timesteps,
-                     schedule.num_train_timesteps, DEFAULT_STEPS)
+    spec = (calibrated_spec(model, o, schedule, ptype) if o.spacing == CALIBRATED else
+            grid_spec(o.steps, o.spacing, o.steps_offset, o.timesteps,
+                      schedule.num_train_timesteps, DEFAULT_STEPS))
     table = step_table(schedule, spec, o.solver, o.final_alpha, o.eta, o.sigma_hat, ptype,
                        _fuse(o))
 
@@ -156,6 +157,32 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
     t_grid = _noise.to_device(torch.tensor(table.grid, dtype=torch.int64), x.device)
     return Plan(model, o, schedule, ptype, table, x, t_grid,
                 fn if cond is None else cond.model_fn(model), model_dtype, o.generator, cond)
+
+
+def calibrated_spec(model: Any, o: SampleOptions, schedule: NoiseSchedule,
+                    prediction_type: str) -> GridSpec:
+    """The grid of ``spacing="calibrated"``: the one fitted to this model, solver and S,
+    which the model bundle finds in its calibration file
+    (:meth:`ddim.Pretrained.calibrated_timesteps`).
+
+    Raises:
+        ValueError: the model is not a bundle that can find one (the message says how to pass
+            a grid instead), or its file has none for this solver and S, or one fitted to
+            another model (:class:`ddim.loading.calibrations.CalibrationError`).
+    """
+    T = schedule.num_train_timesteps
+    S = check_int("steps", DEFAULT_STEPS if o.steps is None else o.steps, low=1, high=T)
+    if o.steps_offset is not None:
+        raise ValueError(f"steps_offset={o.steps_offset!r} has no effect with "
+                         "spacing='calibrated' (the grid is the one fitted to the model)")
+    find = getattr(model, "calibrated_timesteps", None)
+    if not callable(find):
+        raise ValueError("spacing='calibrated' needs a model bundle (ddim.load_pretrained), "
+                         "which finds the calibrated grids of its folder; for another model "
+                         "pass the grid: timesteps=ddim.calibrated_timesteps(file, model, "
+                         "solver, steps)")
+    grid = find(solver=o.solver, steps=S, schedule=schedule, prediction_type=prediction_type)
+    return grid_spec(None, None, None, grid, T)
 
 
 def _fuse(o: SampleOptions) -> bool:
