@@ -22,18 +22,18 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     assert "graph_loop is not used (CUDA graphs need a CUDA device)" in text
 
 
-def test_solver_benchmark_grids():
+def test_solver_benchmark_plan():
     import solvers
 
-    import ddim
-
-    s = ddim.NoiseSchedule.linear()
-    for steps in (3, 6, 10):
-        grid = solvers.logsnr_grid(s, steps)
-        assert len(grid) == steps and grid[0] == 999 and grid[-1] == 0
-        assert all(b < a for a, b in zip(grid, grid[1:], strict=False))
-    # 3 seeds up to 10 calls, 1 above: 10 trailing + 5 time_quadratic (+ 5 logsnr up to 10)
-    assert len(solvers.plan()) == 3 * 6 * 20 + 3 * 15
+    cells = solvers.plan()
+    # per budget: 8 solvers on trailing and time_quadratic, 5 diffusers schedulers; at 4-10
+    # calls also karras, kl_optimal, log_snr and (7 deterministic solvers) calibrated;
+    # seeds 1 and 2 up to 10 calls only
+    per_budget = {b: 8 * 2 + 5 + (8 * 3 + 7 if b in solvers.FEW else 0) for b in solvers.BUDGETS}
+    assert len(cells) == sum(per_budget.values()) + 2 * sum(
+        v for b, v in per_budget.items() if b <= solvers.SEEDED)
+    assert not [c for c in cells if c["grid"] == "calibrated" and c["solver"] == "dpmpp_2m_sde"]
+    assert {c["steps"] for c in cells if c["grid"] == "calibrated"} == set(solvers.FEW)
 
 
 def test_paper_legacy_cells_are_complete_and_render_the_published_table():
