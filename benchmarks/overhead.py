@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --quick    # fewer rounds, same models and methods
     python benchmarks/overhead.py --threads 4 --models tiny1,tiny16
     python benchmarks/overhead.py --contexts # the plain call in each grad mode (~1 min)
+    python benchmarks/overhead.py --null     # only the loops with a null model (~2 min)
 
 For each model (random-init diffusers ``UNet2DModel``s, no download) the methods below run
 interleaved: every round runs each of them once, in an order rotated from round to round, so
@@ -354,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contexts", action="store_true",
                     help="only the grad-mode table: the plain call and the call in each grad "
                          "mode against the bare loop, by thread CPU time (~1 min)")
+    ap.add_argument("--null", action="store_true",
+                    help="only the null-model table: each sampler's loop alone, µs per step")
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     main_rows, null_rows, notes = [], [], {}
     units, timers = {}, {}
     with torch.inference_mode():
-        for name in models:
+        for name in [] if args.null else models:
             desc, batch, kind = MODELS[name]
             if kind not in units:
                 units[kind] = build_unet(kind)
@@ -419,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in models:  # null-model loops, per distinct shape
             desc, batch, kind = MODELS[name]
-            cfg = units[kind].config
+            cfg = (units[kind] if kind in units else build_unet(kind)).config
             shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
             methods = null_methods(shape, steps)
             rounds = NULL_ROUNDS[pick]
@@ -479,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_atomic(args.out or RESULTS / "overhead.md", text)
-    print(f"written to {args.out or RESULTS / 'overhead.md'}", file=sys.stderr)
+    out = args.out or RESULTS / ("overhead_null.md" if args.null else "overhead.md")
+    write_atomic(out, text)
+    print(f"written to {out}", file=sys.stderr)
     return 0
 
 
