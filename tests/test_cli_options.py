@@ -185,7 +185,7 @@ def test_invert_refuses_what_does_not_invert_and_inpaint_resample_a_multistep_so
                          "unipc"], 2, "--solver/--method: solver='unipc' cannot invert: its "
                 "corrector, run upwards, amplifies the error")
     check_error(capsys, ["invert", "--images", "in.npz", "--out", "l.npz", "--solver",
-                         "ipndm", "--method", "fixed_point"], 2, "--solver/--method: "
+                         "dpmpp_2m", "--method", "fixed_point"], 2, "--solver/--method: "
                 "method='fixed_point' solves one step at a time")
     check_error(capsys, ["inpaint", "--images", "in.npz", "--keep", "left", "--resample", 2,
                          "--solver", "dpmpp_2m", "--out", "o.png"], 2,

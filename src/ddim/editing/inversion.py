@@ -20,10 +20,10 @@ equation above is the identity. The decoder's first step is x_prev = sqrt(ᾱ_pr
 sqrt(1-ᾱ_prev)·x_T, so its inverse is x_T = (x_prev - sqrt(ᾱ_prev)·x̂0(x_T))/sqrt(1-ᾱ_prev),
 solved the same way (x̂0 evaluated at x_prev for the plain step).
 
-With ``solver=`` a deterministic multistep solver of the registry (``dpmpp_2m``, ``unipc``,
-``ipndm``, ...) the probability-flow ODE is solved upwards with that solver's own update on the
-upward levels (h < 0 in log-SNR, growing σ̄ for iPNDM), the model evaluated at each point's own
-level, as diffusers' ``DPMSolverMultistepInverseScheduler`` does; the first step (from the
+With ``solver=`` a multistep solver of the registry that inverts (``dpmpp_2m``, ``dpmpp_3m``,
+``dpmpp_3m_true``) the probability-flow ODE is solved upwards with that solver's own update on
+the upward levels (h < 0 in log-SNR), the model evaluated at each point's own level, as
+diffusers' ``DPMSolverMultistepInverseScheduler`` does; the first step (from the
 clean sample, which has no timestep of its own) is plain DDIM's, the step onto ᾱ = 0 the one
 above.
 
@@ -82,9 +82,9 @@ def invert(
         prediction_type, class_labels, guidance_scale, model_kwargs, uncond_kwargs, progress:
         as in :func:`ddim.sample`; decode with the same values (and solver) to reconstruct.
         x0: (B, ...) floating tensor in the model's data range.
-        solver: ``ddim`` (default), ``dpmpp_2m``, ``dpmpp_3m``, ``dpmpp_3m_true`` or ``ipndm``
-            (the registry's solvers that invert stably: their update is run upwards; the
-            others are refused, saying why).
+        solver: ``ddim`` (default), ``dpmpp_2m``, ``dpmpp_3m`` or ``dpmpp_3m_true`` (the
+            registry's solvers that invert stably: their update is run upwards; the others
+            are refused, saying why).
         method: ``ddim`` (one model call per step) or ``fixed_point`` (implicit steps; with
             ``solver="ddim"`` only: a multistep update depends on points the inversion has not
             reached yet).
