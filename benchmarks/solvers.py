@@ -27,7 +27,8 @@ digits classifier against all 1797 real digits; 28×28: the MNIST classifier aga
 held-out digits). A class-conditional model samples n/K of each class (sample i has label
 i·K // n), no guidance. Budgets up to 10 calls run 3 seeds (0, 1, 2); the others seed 0.
 Each finished cell is saved at once to results/solvers_<model>_cells.json, so an interrupted
-run resumes; --shard I/N shares the cells between processes.
+run resumes; --shard I/N shares the cells between processes. The file records the weights'
+sha256 and refuses the cells of other weights.
 
 Outputs: results/solvers_<model>.md (table) and solvers_<model>.png (FD against model calls).
 """
@@ -48,6 +49,7 @@ from ddim.evaluation.classifiers import load_classifier
 from ddim.evaluation.frechet import extract_features, fd_from_features
 from ddim.evaluation.kits import default_kit, reference_images
 from ddim.loading.calibrations import CalibrationError
+from ddim.loading.identity import weights_identity
 from ddim.sampling.noise import randn, sample_generators
 from ddim.sampling.solvers import SOLVERS as REGISTRY
 
@@ -276,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     done = load_cells(path)
     if not args.report:
         lab, start = Lab(args.model, args.n, args.batch_size), time.perf_counter()
+        weights = weights_identity(lab.model.model)
+        if done.get("weights", weights) != weights:
+            raise SystemExit(f"{path} holds cells of other weights ({done['weights']}, not "
+                             f"{weights}); move it away")
+        done = save_cells(path, {"weights": weights})
         cells = [dict(c, n=args.n) for c in plan() if c["steps"] in args.budgets
                  and c["seed"] in args.seeds and c["impl"] in args.impls
                  and c["solver"] in args.solvers and c["grid"] in args.grids]

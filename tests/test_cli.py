@@ -102,8 +102,8 @@ def test_help_and_version(capsys):
 def test_every_subcommand_shows_the_shared_options_with_defaults(command, capsys):
     assert cli.main([command, "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
-    for fragment in ["--model MODEL bundled model ('digits', 'digits-cond', 'mnist'), diffusers "
-                     "folder or hub id (default: digits)",
+    for fragment in ["--model MODEL bundled model ('digits', 'digits-cond', 'mnist', "
+                     "'mnist-cond'), diffusers folder or hub id (default: digits)",
                      "--steps STEPS number of DDIM steps, 1..T", "(default: 50)",
                      "where the steps go: trailing starts at T-1 for every step count; "
                      "leading is the paper's uniform grid;", "(default: trailing)",

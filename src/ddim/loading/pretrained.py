@@ -40,7 +40,7 @@ from .hub import download
 __all__ = ["BUNDLED_MODELS", "WEIGHT_NAMES", "Pretrained", "PretrainedError", "bundled_path",
            "declared_classes", "load_folder", "load_pretrained"]
 
-BUNDLED_MODELS = ("digits", "digits-cond", "mnist")
+BUNDLED_MODELS = ("digits", "digits-cond", "mnist", "mnist-cond")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
