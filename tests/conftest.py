@@ -66,3 +66,42 @@ def no_loading(monkeypatch):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(common, "load_pretrained", fail)
+
+
+# ---------------------------------------------------------------------------- latent models
+@pytest.fixture(scope="session")
+def ldm_folder(tmp_path_factory):
+    """A tiny LDMPipeline saved in diffusers' layout: vqvae/ (VQModel, scaling_factor 0.5,
+    16×16 RGB images, 2×8×8 latents), unet/ (UNet2DModel), scheduler/ (DDIMScheduler)."""
+    from tests.helpers import save_ldm_folder
+
+    return save_ldm_folder(tmp_path_factory.mktemp("latent") / "ldm")
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory):
+    """A tiny Stable-Diffusion-style folder: vae/ (AutoencoderKL, 4×8×8 latents), unet/
+    (UNet2DConditionModel, cross-attention width 12), scheduler/ (SD's PNDMScheduler config),
+    and a text_encoder/ that must be ignored."""
+    from tests.helpers import save_sd_folder
+
+    folder = save_sd_folder(tmp_path_factory.mktemp("latent") / "sd")
+    (folder / "text_encoder").mkdir()
+    (folder / "text_encoder" / "config.json").write_text('{"_class_name": "CLIPTextModel"}')
+    return folder
+
+
+@pytest.fixture
+def ldm(ldm_folder):
+    """The tiny LDM folder loaded (a fresh bundle: tests may cast it)."""
+    import ddim
+
+    return ddim.load_pretrained(ldm_folder)
+
+
+@pytest.fixture
+def sd(sd_folder):
+    """The tiny Stable-Diffusion-style folder loaded (a fresh bundle)."""
+    import ddim
+
+    return ddim.load_pretrained(sd_folder)

@@ -13,6 +13,7 @@ import-linter contract states their order; an arrow never points up):
 - :mod:`ddim.calibration`: grids fitted to one model and solver;
 - :mod:`ddim.generation`: many samples as resumable shards, on one or many processes;
 - :mod:`ddim.evaluation`: Fréchet distances, the shipped classifiers, the reference digits;
+- :mod:`ddim.interop`: ddim inside other libraries (a diffusers scheduler);
 - :mod:`ddim.cli`: the ``ddim`` command.
 
 ``import ddim`` is cheap: it loads none of torch, numpy, diffusers, PIL or the command line.
@@ -44,16 +45,17 @@ _EXPORTS = {
     "accelerate": "acceleration.accelerate", "strict_float32": "acceleration.precision",
     "generate": "generation.generate", "pack": "generation.packing",
     "calibrate_timesteps": "calibration.search", "calibrated_timesteps": "loading.calibrations",
+    "DiffusersScheduler": "interop.diffusers_scheduler",
     "make_grid": "images", "save_image_grid": "images", "to_pil": "images",
     "to_uint8": "images",
 }
 
 __all__ = [  # the keys of _EXPORTS, spelt out for tools that read __all__
-    "BUNDLED_MODELS", "NoiseSchedule", "NonFiniteError", "Pretrained", "PretrainedError",
-    "SampleStep", "StepOutput", "accelerate", "calibrate_timesteps", "calibrated_timesteps",
-    "ddim_sigma", "ddim_step", "generate", "img2img", "inpaint", "interpolation_strip",
-    "invert", "load_pretrained", "make_grid", "pack", "predict_x0_eps", "sample", "sample_iter",
-    "save_image_grid", "slerp", "strict_float32", "to_pil", "to_uint8",
+    "BUNDLED_MODELS", "DiffusersScheduler", "NoiseSchedule", "NonFiniteError", "Pretrained",
+    "PretrainedError", "SampleStep", "StepOutput", "accelerate", "calibrate_timesteps",
+    "calibrated_timesteps", "ddim_sigma", "ddim_step", "generate", "img2img", "inpaint",
+    "interpolation_strip", "invert", "load_pretrained", "make_grid", "pack", "predict_x0_eps",
+    "sample", "sample_iter", "save_image_grid", "slerp", "strict_float32", "to_pil", "to_uint8",
 ]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load l
     from .generation.generate import generate
     from .generation.packing import pack
     from .images import make_grid, save_image_grid, to_pil, to_uint8
+    from .interop.diffusers_scheduler import DiffusersScheduler
     from .loading.calibrations import calibrated_timesteps
     from .loading.folders import PretrainedError
     from .loading.pretrained import BUNDLED_MODELS, Pretrained, load_pretrained

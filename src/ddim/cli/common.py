@@ -225,11 +225,24 @@ def progress_bar(total_steps: int, num: int) -> Any:
 
 
 def load_model(name: str, device: torch.device | None) -> Pretrained:
-    """``ddim.load_pretrained(name, device=device)``; its errors become one-line CliErrors."""
+    """``ddim.load_pretrained(name, device=device)``; its errors become one-line CliErrors.
+
+    Raises:
+        CliError: the model cannot be loaded, or it is conditioned on text (a
+        cross-attention UNet such as Stable Diffusion's), which no option of the command
+        passes.
+    """
     try:
-        return load_pretrained(name, device=device)
+        bundle = load_pretrained(name, device=device)
     except PretrainedError as err:
         raise CliError(str(err)) from None
+    config = getattr(bundle.model, "config", None)
+    if hasattr(config, "get") and config.get("cross_attention_dim") is not None:
+        raise CliError(f"--model {name}: its {type(bundle.model).__name__} is conditioned on "
+                       "prompt embeddings (encoder_hidden_states), which the command line does "
+                       "not pass; sample it from Python with model_kwargs (see "
+                       "docs/latent-diffusion.md)")
+    return bundle
 
 
 # ---------------------------------------------------------------------------- writing

@@ -162,7 +162,8 @@ def _load(args: argparse.Namespace, uint8: np.ndarray
           ) -> tuple[Pretrained, torch.Tensor, torch.Tensor | None]:
     """After the checks that need no model: the bundle; ``uint8`` images (N, H, W, C) as
     float32 (N, C, H, W) in its data range on its device (refused when their shape is not
-    the model's); and their labels (N,) from --class (image i: entry i mod its length)."""
+    the model's, or for a latent model one its autoencoder cannot take); and their labels
+    (N,) from --class (image i: entry i mod its length)."""
     device = check_device(args.device)
     sampling_settings(args, args.command)  # the sampling options, checked before loading
     check_class_options(args)
@@ -170,7 +171,12 @@ def _load(args: argparse.Namespace, uint8: np.ndarray
     resolved = model_labels(args, bundle)
     images = from_uint8(uint8, bundle.data_range).to(device or "cpu")
     want = tuple(bundle.sample_shape)
-    if tuple(images.shape[1:]) != want:
+    if bundle.autoencoder is not None:  # a latent model: any size its autoencoder takes
+        try:
+            bundle.latent_shape_for(tuple(images.shape), f"--images {args.images}")
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    elif tuple(images.shape[1:]) != want:
         raise CliError(f"--images: {args.images} holds images of shape "
                        f"{tuple(images.shape[1:])} (C, H, W), the model makes {want}")
     labels = None if resolved is None else cycled_labels(resolved, 0, len(images))

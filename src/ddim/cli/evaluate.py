@@ -93,8 +93,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 _require(kit)
         bundle = load_model(args.model, device)
         if reference is None:
-            reference = _default_reference(tuple(bundle.sample_shape))
-        _check_shape(f"--model {args.model}: its samples", tuple(bundle.sample_shape),
+            reference = _default_reference(tuple(bundle.image_shape))
+        _check_shape(f"--model {args.model}: its samples", tuple(bundle.image_shape),
                      reference, extractor)
         settings, images = sample_images(bundle, settings, args, device, show_progress)
         images = images.clamp(*bundle.data_range)  # what a saved image holds

@@ -1,5 +1,5 @@
-"""What the editing functions share: the plan of an edit (its x_T of the image's shape) and
-the checks of the images they take."""
+"""What the editing functions share: the plan of an edit (its x_T of the image's shape, or of
+its latents' for a latent model) and the checks of the images they take."""
 
 from __future__ import annotations
 
@@ -7,21 +7,24 @@ from typing import Any
 
 import torch
 
+from ..sampling.latents import model_space_shape
 from ..sampling.options import SampleOptions, check_keywords
 from ..sampling.plan import Plan, make_plan
 
 
 def edit_plan(model: Any, function: str, image: torch.Tensor, options: dict[str, Any]) -> Plan:
-    """The plan of an edit called ``function``: x_T of the image's shape, device and (at
-    least float32) dtype, with the sampling ``options`` the edit was given.
+    """The plan of an edit called ``function``: x_T of the image's shape (of its latents' for
+    a latent model, :mod:`ddim.sampling.latents`), device and (at least float32) dtype, with
+    the sampling ``options`` the edit was given. Calls no model.
 
     Raises:
         TypeError: an option that is not a sampling option, or one the edit sets itself
-            (x_T, shape, batch_size, max_batch_size); the errors of :func:`make_plan`.
+            (x_T, shape, batch_size, max_batch_size); ValueError: an image size a latent
+            model cannot take; the errors of :func:`make_plan`.
     """
     check_keywords(function, options, refused=("x_T", "shape", "batch_size", "max_batch_size"))
     return make_plan(model, SampleOptions(
-        shape=tuple(image.shape), device=image.device, x_name="image",
+        shape=model_space_shape(model, image, "image"), device=image.device, x_name="image",
         dtype=torch.promote_types(image.dtype, torch.float32), **options))
 
 

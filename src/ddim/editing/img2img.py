@@ -3,7 +3,8 @@
 every spacing and step count (diffusers' ``strength`` counts grid points instead, so with
 "leading" spacing strength 1 never starts from noise: its issue 7651). strength 0 returns the
 image, 1 starts from t = T-1 (pure noise); with η=0 the result is a deterministic function of
-the image and the noise drawn once from ``generator``.
+the image and the noise drawn once from ``generator``. A latent model (Rombach et al. 2022)
+edits the image's latents: images in, encoded, noised and denoised, decoded, images out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from ..checks import check_float
+from ..sampling.latents import decode_samples, encode_images, is_latent
 from ..sampling.noise import Generators
 from ..sampling.sampler import run
 from .common import check_image, edit_plan
@@ -32,7 +34,8 @@ def img2img(
     """Re-generate ``image`` from noise level ``strength`` (SDEdit with DDIM).
 
     Args:
-        model: as for :func:`ddim.sample`.
+        model: as for :func:`ddim.sample`; a latent model encodes the image first and decodes
+            the result (its autoencoder must take the image's size).
         image: (B, C, H, W) images in the model's data range.
         strength: in [0, 1], the noise level to start from: the image is noised to training
             step t_s = round(strength·(T-1)) (1: t = T-1, pure noise; 0: the image is
@@ -47,7 +50,8 @@ def img2img(
             (the image sets them).
 
     Returns:
-        Edited images of ``image``'s shape (a copy of ``image`` when strength rounds to 0).
+        Edited images of ``image``'s shape (a copy of ``image`` when strength rounds to 0), in
+        its dtype promoted to at least float32.
 
     Raises:
         TypeError / ValueError naming the parameter, before any model call.
@@ -62,5 +66,8 @@ def img2img(
     t_s = round(strength * (T - 1))
     grid = [t_s, *(t for t in plan.grid if t < t_s - T / (2 * len(plan.grid)))]
     a = float(plan.schedule.alpha_bar(t_s))
-    x_t = math.sqrt(a) * image.to(plan.x.dtype) + math.sqrt(1 - a) * plan.x  # plan.x ~ N(0, I)
-    return run(plan.restarted(grid, x_t))
+    latent = is_latent(model)
+    x0 = encode_images(model, image) if latent else image
+    x_t = math.sqrt(a) * x0.to(plan.x.dtype) + math.sqrt(1 - a) * plan.x  # plan.x ~ N(0, I)
+    x = run(plan.restarted(grid, x_t))
+    return decode_samples(model, x) if latent else x

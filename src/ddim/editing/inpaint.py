@@ -6,6 +6,13 @@ level and the step repeated, letting the generated region agree with the known o
 
 The loop is its own (not :func:`ddim.sampling.sampler.loop`): after every step it replaces
 the known pixels, and RePaint repeats steps, which no plain pass over the grid does.
+
+A latent model (Rombach et al. 2022) inpaints the image's latents: the mask is resized to the
+latent grid by area (the mean over each f×f block of pixels, after the minimum over the
+image's channels: a latent cell is as known as its pixels are, so the mask is soft along the
+boundary), the known latents are kept as above, and after decoding the known pixels are
+restored in pixel space (the decoder gives back the autoencoder's reconstruction there, not
+the image), so they come out exactly as given too.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..checks import check_int
+from ..sampling.latents import decode_samples, encode_images, is_latent
 from ..sampling.model_contract import OutputProbe
 from ..sampling.noise import Generators, NoiseSource
 from ..sampling.plan import Plan
@@ -53,10 +62,12 @@ def inpaint(
     """Fill the unknown pixels of ``image`` (where ``mask`` is 0) with the model.
 
     Args:
-        model: as for :func:`ddim.sample`.
+        model: as for :func:`ddim.sample`; a latent model inpaints the latents (see the
+            module docstring).
         image: (B, C, H, W) in the model's data range; its values where mask is 0 are ignored.
         mask: 1 = known pixel, 0 = to generate; shape (B, C, H, W), or broadcastable to it
-            (e.g. (1, 1, H, W)); values in {0, 1}, or in [0, 1] for a soft blend.
+            (e.g. (1, 1, H, W)); values in {0, 1}, or in [0, 1] for a soft blend. Always at
+            the image's resolution (a latent model resizes it itself).
         steps, eta: as for :func:`ddim.sample`.
         resample: RePaint rounds per step (0: none); each costs one more model call per step.
         generator: noise for x_T, for the known region at every step and for η > 0.
@@ -77,7 +88,25 @@ def inpaint(
     plan = edit_plan(model, "inpaint", image, dict(options, steps=steps, eta=eta,
                                                 generator=generator, progress=progress))
     resample = check_resample(resample, plan.options.solver)
-    return without_autograd(lambda: _inpaint(plan, image, mask, resample))
+    if not is_latent(model):
+        return without_autograd(lambda: _inpaint(plan, image, mask, resample))
+    known = encode_images(model, image)
+    z = without_autograd(lambda: _inpaint(plan, known, latent_mask(mask, image, known),
+                                          resample))
+    decoded = decode_samples(model, z)
+    mask = mask.to(decoded.dtype)
+    return mask * image.to(decoded.dtype) + (1 - mask) * decoded
+
+
+def latent_mask(mask: torch.Tensor, image: torch.Tensor, latents: torch.Tensor
+                ) -> torch.Tensor:
+    """A pixel mask (broadcastable to ``image`` (B, C, H, W), values in [0, 1]) on the grid of
+    ``latents`` (B, C_z, H/f, W/f): the minimum over the image's channels, then the mean over
+    each f×f block (area resizing; soft where a block straddles the boundary). Returns
+    (B, 1, H/f, W/f) in the mask's dtype (it broadcasts over the latents' channels)."""
+    full = mask.expand(image.shape).amin(dim=1, keepdim=True)
+    fh, fw = image.shape[2] // latents.shape[2], image.shape[3] // latents.shape[3]
+    return F.avg_pool2d(full, kernel_size=(fh, fw))
 
 
 def _inpaint(plan: Plan, image: torch.Tensor, mask: torch.Tensor, resample: int

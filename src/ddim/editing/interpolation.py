@@ -56,18 +56,25 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> to
 
 
 def interpolation_strip(model: Any, x_T0: torch.Tensor, x_T1: torch.Tensor, num: int = 8,
-                        steps: int | None = None, **sample_kwargs: Any) -> torch.Tensor:
+                        steps: int | None = None, *, decode: bool | None = None,
+                        **sample_kwargs: Any) -> torch.Tensor:
     """Decode ``num`` slerp points between two latents with deterministic DDIM (η=0).
 
     Args:
         model: as for :func:`ddim.sample`.
-        x_T0, x_T1: two latents of shape (1, C, H, W) (or (C, H, W)).
+        x_T0, x_T1: two latents of shape (1, C, H, W) (or (C, H, W)); for a latent model, in
+            its latent space (what :func:`ddim.invert` returns).
         num: points including both ends, >= 2.
         steps: DDIM steps (default 50, or the number of ``timesteps`` given); further
             keyword arguments go to :func:`ddim.sample` (not eta).
+        decode: as for :func:`ddim.sample` (a latent model's strip is images by default).
 
     Returns:
-        (num, C, H, W) samples, the first decoded from x_T0 and the last from x_T1.
+        (num, C, H, W) samples, the first decoded from x_T0 and the last from x_T1 (for a
+        latent model: images (num, *image_shape), unless decode=False).
+
+    Raises:
+        TypeError / ValueError naming the parameter, before any model call.
     """
     if isinstance(num, bool) or not isinstance(num, int) or num < 2:
         raise ValueError(f"num must be an integer >= 2, got {num!r}")
@@ -79,5 +86,5 @@ def interpolation_strip(model: Any, x_T0: torch.Tensor, x_T1: torch.Tensor, num:
     z0 = x_T0[None] if x_T0.ndim == 3 else x_T0
     z1 = x_T1[None] if x_T1.ndim == 3 else x_T1
     latents = slerp(z0, z1, torch.linspace(0, 1, num, dtype=torch.float64))
-    return sample(model, steps, 0.0, x_T=latents, **sample_kwargs)
+    return sample(model, steps, 0.0, x_T=latents, decode=decode, **sample_kwargs)
 

@@ -29,12 +29,17 @@ above.
 
 Each loop here is its own, not the sampler's: it runs the grid upwards, pairs each level with
 the decoder's timestep one point above, and may solve each step implicitly.
+
+A latent model (Rombach et al. 2022) inverts the images' latents: x0 is encoded first (the
+posterior mean of an AutoencoderKL, the quantised code of a VQModel, times scaling_factor) and
+the x_T returned is a latent, which :func:`ddim.sample` decodes back to an image.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -43,12 +48,14 @@ from ..checks import check_choice, check_float, check_int
 from ..maths.ddim_step import ddim_step
 from ..maths.prediction import predict_x0_eps
 from ..maths.schedule import NoiseSchedule
+from ..sampling.latents import encode_images, is_latent, model_space_shape
 from ..sampling.model_contract import OutputProbe
 from ..sampling.options import SampleOptions
 from ..sampling.plan import Plan, make_plan
 from ..sampling.sampler import progress_bar, without_autograd
 from ..sampling.solvers import SOLVERS
 from ..sampling.steppers import MultistepStepper, X0Processing
+from .common import check_image
 
 METHODS = ("ddim", "fixed_point")
 
@@ -81,7 +88,8 @@ def invert(
         model, steps, schedule, spacing, steps_offset, timesteps, final_alpha,
         prediction_type, class_labels, guidance_scale, model_kwargs, uncond_kwargs, progress:
         as in :func:`ddim.sample`; decode with the same values (and solver) to reconstruct.
-        x0: (B, ...) floating tensor in the model's data range.
+        x0: (B, ...) floating tensor in the model's data range: images (B, C, H, W), which a
+            latent model encodes first (its autoencoder must take their size).
         solver: ``ddim`` (default), ``dpmpp_2m``, ``dpmpp_3m`` or ``dpmpp_3m_true`` (the
             registry's solvers that invert stably: their update is run upwards; the others
             are refused, saying why).
@@ -93,7 +101,8 @@ def invert(
         anderson: Anderson-mixing depth (0: plain fixed-point iteration).
 
     Returns:
-        x_T, x0's shape, in x0's dtype promoted to at least float32.
+        x_T, x0's shape (a latent model's: its latents' shape), in x0's dtype promoted to at
+        least float32.
 
     Raises:
         TypeError / ValueError naming the parameter, before any model call (among them a
@@ -105,8 +114,14 @@ def invert(
     max_iters = check_int("max_iters", max_iters, low=1)
     tol = check_float("tol", tol, low=0.0)
     anderson = check_int("anderson", anderson, low=0)
+    latent = is_latent(model)
+    start = x0  # a latent model's stands in for the latents until the options are checked
+    if latent:
+        x0 = check_image(x0, "x0")
+        start = torch.zeros(model_space_shape(model, x0, "x0"), dtype=x0.dtype,
+                            device=x0.device)
     options = SampleOptions(
-        steps=steps, solver=solver, x_T=x0, schedule=schedule, spacing=spacing,
+        steps=steps, solver=solver, x_T=start, schedule=schedule, spacing=spacing,
         steps_offset=steps_offset, timesteps=timesteps, final_alpha=final_alpha,
         prediction_type=prediction_type, class_labels=class_labels,
         guidance_scale=guidance_scale, model_kwargs=model_kwargs, uncond_kwargs=uncond_kwargs,
@@ -118,6 +133,8 @@ def invert(
         raise ValueError(f"this grid ({list(table.grid)}) steps from ᾱ = 0 (zero terminal "
                          "SNR) straight to ᾱ = 1, which cannot be inverted: x_T enters that "
                          "step only through x̂0(x_T); use more steps")
+    if latent:
+        plan = replace(plan, x=encode_images(model, x0).to(plan.x.dtype))
     run = _invert_ddim if entry.ddim_options else _invert_multistep
     return without_autograd(lambda: run(plan, method, max_iters, tol, anderson))
 

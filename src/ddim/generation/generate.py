@@ -262,7 +262,7 @@ def _keep_existing(run: Run, k: int) -> bool:
     """Whether shard k exists and is this run's (then also fill in its missing PNGs)."""
     s = run.settings
     lo, hi = shards.shard_range(k, s.num, s.shard_size)
-    c, h, w = run.bundle.sample_shape
+    c, h, w = run.bundle.image_shape
     try:
         images, _ = shards.read_shard(run.out / shards.shard_name(k), lo, hi, (h, w, c),
                                       run.run_id)

@@ -2,8 +2,10 @@
 identity.
 
 run.json holds everything that determines the images: the model's identity (name, sha256 of
-its weights, schedule, prediction type, sample shape, data range), the sampling settings
-(:meth:`ddim.generation.settings.RunSettings.recorded`), the seed rule and the ddim version. Its
+its weights, schedule, prediction type, sample shape, data range; for a latent model also its
+autoencoder's class, weights' sha256, scaling and shift, and the images' shape), the sampling
+settings (:meth:`ddim.generation.settings.RunSettings.recorded`), the seed rule and the ddim
+version. Its
 :func:`run_identity`, the sha256 of its canonical JSON, is stored in every shard the run
 writes (:mod:`ddim.generation.shards`), so that a shard can always be traced to the run that made
 it.
@@ -53,9 +55,10 @@ class RunMismatchError(ValueError):
 
 
 def make_manifest(bundle: Pretrained, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The contents of run.json: the model's identity, then ``settings`` (num, steps, eta,
-    solver, seed, spacing, class_labels, guidance_scale, shard_size), the seed rule and the
-    ddim version; JSON types only."""
+    """The contents of run.json: the model's identity (with ``autoencoder`` and
+    ``image_shape`` for a latent model: its samples are latents that the autoencoder decodes),
+    then ``settings`` (num, steps, eta, solver, seed, spacing, class_labels, guidance_scale,
+    shard_size), the seed rule and the ddim version; JSON types only."""
     _, model_dtype = model_device_dtype(bundle)
     schedule = bundle.schedule.alphas_cumprod.numpy().astype("<f8").tobytes()
     manifest = {
@@ -67,11 +70,26 @@ def make_manifest(bundle: Pretrained, settings: Mapping[str, Any]) -> dict[str, 
         "prediction_type": bundle.prediction_type,
         "sample_shape": list(bundle.sample_shape),
         "data_range": [float(v) for v in bundle.data_range],
+        **_autoencoder(bundle),
         "settings": dict(settings),
         "seed_rule": SEED_RULE,
         "ddim_version": __version__,
     }
     return json.loads(json.dumps(manifest))  # as it will read back
+
+
+def _autoencoder(bundle: Pretrained) -> dict[str, Any]:
+    """run.json's entries for a latent bundle's autoencoder ({} for a pixel model, whose
+    record stays as it was)."""
+    codec = bundle.autoencoder
+    if codec is None:
+        return {}
+    _, dtype = model_device_dtype(codec)
+    return {"autoencoder": {"class": type(codec).__name__, "weights": weights_identity(codec),
+                            "dtype": str(dtype).removeprefix("torch.") if dtype else None,
+                            "scaling_factor": bundle.scaling_factor,
+                            "shift_factor": bundle.shift_factor},
+            "image_shape": list(bundle.image_shape)}
 
 
 def run_identity(manifest: Mapping[str, Any]) -> str:

@@ -45,7 +45,7 @@ def pack(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
         raise ValueError(f"path must end in .npz, got {str(path)!r}")
     settings = manifest["settings"]
     num, shard_size, run_id = settings["num"], settings["shard_size"], run_identity(manifest)
-    c, h, w = manifest["sample_shape"]
+    c, h, w = manifest.get("image_shape", manifest["sample_shape"])  # latent: decoded
     n = count_shards(num, shard_size)
     extra = [shard_name(k) for k in shard_numbers(out) if k >= n]
     if extra:

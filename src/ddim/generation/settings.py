@@ -26,6 +26,7 @@ from ..images import PIL_MODES
 from ..loading.calibrations import calibrated_timesteps
 from ..maths.grids import CALIBRATED, DEFAULT_SPACING
 from ..sampling.guidance import check_label_list, class_info, cycled_labels, resolve_labels
+from ..sampling.latents import decode_samples, is_latent, output_shape
 from ..sampling.noise import sample_generators
 from ..sampling.options import DEFAULT_STEPS, SampleOptions, check_keywords
 from ..sampling.sampler import SampleStep, sample_iter
@@ -152,13 +153,14 @@ class SamplingSettings:
         """Samples ``lo .. hi-1`` (hi-lo, C, ...) on the CPU, in batches of ``batch_size``
         that start at ``lo``, from ``x_T`` (hi-lo, C, ...) when given; ``on_step(a, b,
         step)`` is called after every step of the batch of samples a..b-1. The settings'
-        labels must be resolved (:meth:`for_model`).
+        labels must be resolved (:meth:`for_model`). A latent model's samples are decoded,
+        batch by batch: images (hi-lo, *image_shape), x_T and the steps being latents.
 
         Raises:
             the errors of :func:`ddim.sample_iter` (:class:`ddim.NonFiniteError` when the model
             returns NaN or inf).
         """
-        chunks = []
+        chunks, latent = [], is_latent(model)
         for a in range(lo, hi, batch_size):
             b = min(a + batch_size, hi)
             rows = None if x_T is None else x_T[a - lo:b - lo]
@@ -167,7 +169,7 @@ class SamplingSettings:
                 x = step.sample
                 if on_step is not None:
                     on_step(a, b, step)
-            chunks.append(x.cpu())
+            chunks.append((decode_samples(model, x) if latent else x).cpu())
         return torch.cat(chunks)
 
     def recorded(self) -> dict[str, Any]:
@@ -207,9 +209,10 @@ class RunSettings(SamplingSettings):
         """As :meth:`SamplingSettings.check_model`, and that ``png`` has 1- or 3-channel
         samples. Raises TypeError / ValueError."""
         super().check_model(model, device)
-        if self.png and model.sample_shape[0] not in PIL_MODES:
+        channels = output_shape(model)[0]
+        if self.png and channels not in PIL_MODES:
             raise ValueError(f"PNG files hold 1- or 3-channel images, this model makes "
-                             f"{model.sample_shape[0]} channels: ask for no PNGs")
+                             f"{channels} channels: ask for no PNGs")
 
     def recorded(self) -> dict[str, Any]:
         """The settings that run.json records: ``num``, those of

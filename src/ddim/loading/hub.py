@@ -1,5 +1,11 @@
 """Hub ids (``owner/name``): a local snapshot from huggingface_hub's cache, downloaded when
 online; offline, an error that names the download command the installed huggingface_hub has.
+
+Only what :func:`ddim.load_pretrained` reads is downloaded (:data:`PATTERNS`): the configs and
+safetensors weights of the network (flat or ``unet/``), of the autoencoder (``vqvae/``,
+``vae/``) and the scheduler config; a ``.bin`` only for a part that has no safetensors. A
+Stable Diffusion repository's text encoder, safety checker, fp16 and EMA variants are left on
+the hub.
 """
 
 from __future__ import annotations
@@ -8,9 +14,12 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from .folders import PretrainedError
+from .folders import WEIGHT_NAMES, PretrainedError
 
-_PATTERNS = ["*.json", "*.safetensors", "*.bin"]
+PARTS = ("", "unet/", "vqvae/", "vae/")  # the flat layout, the network, the autoencoders
+PATTERNS = ["model_index.json", "scheduler/scheduler_config.json", "scheduler_config.json",
+            *(f"{part}{name}" for part in PARTS
+              for name in ("config.json", "diffusion_pytorch_model.safetensors"))]
 
 
 def download_command(repo_id: str) -> str:
@@ -45,14 +54,20 @@ def download(repo_id: str) -> Path:
     how = (f"download it first where the hub is reachable (`{download_command(repo_id)}`) "
            "and pass that folder")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(repo_id, allow_patterns=PATTERNS, local_files_only=True))
     except Exception:
         if hub_offline():
             raise PretrainedError(f"cannot fetch {repo_id!r}: the hub is offline "
                                   f"(HF_HUB_OFFLINE is set) and it is not cached; {how}"
                                   ) from None
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_PATTERNS, etag_timeout=10))
+        folder = Path(snapshot_download(repo_id, allow_patterns=PATTERNS, etag_timeout=10))
+        pickled = [f"{part}{WEIGHT_NAMES[1]}" for part in PARTS
+                   if (folder / part / "config.json").is_file()
+                   and not any((folder / part / w).is_file() for w in WEIGHT_NAMES)]
+        if pickled:  # a part without safetensors: its .bin (loaded weights-only)
+            folder = Path(snapshot_download(repo_id, allow_patterns=pickled, etag_timeout=10))
+        return folder
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PretrainedError(f"cannot fetch {repo_id!r} from the hub ({reason}); {how}"

@@ -13,7 +13,12 @@ Accepted layouts of a local folder (both as diffusers writes them):
   ``scheduler/scheduler_config.json``;
 - a flat folder (the layout of ``google/ddpm-cifar10-32``): ``config.json``, the weights and
   ``scheduler_config.json`` side by side; or a bare ``UNet2DModel`` folder without a scheduler
-  config, with ``schedule=`` given (default: the DDPM linear schedule).
+  config, with ``schedule=`` given (default: the DDPM linear schedule);
+- a latent diffusion pipeline: ``LDMPipeline``'s ``vqvae/`` (a ``VQModel``), ``unet/`` and
+  ``scheduler/``, or Stable Diffusion's ``vae/`` (an ``AutoencoderKL``), ``unet/`` (a
+  ``UNet2DConditionModel``) and ``scheduler/`` (its text encoder and tokenizer are not read:
+  pass prompt embeddings as ``model_kwargs``). The bundle then samples latents and decodes them
+  (:mod:`ddim.loading.autoencoder`).
 
 Every problem is reported as a :class:`PretrainedError` that names the file at fault.
 """
@@ -32,10 +37,12 @@ import torch
 from ..maths.prediction import PREDICTION_TYPES
 from ..maths.schedule import NoiseSchedule
 from ..sampling.model_contract import as_model_fn, model_device_dtype
+from . import autoencoder as ae
 from . import folders as files
 from .calibrations import calibrated_timesteps
 from .folders import WEIGHT_NAMES, PretrainedError
 from .hub import download
+from .latent_bundle import LatentMethods
 
 __all__ = ["BUNDLED_MODELS", "WEIGHT_NAMES", "Pretrained", "PretrainedError", "bundled_path",
            "declared_classes", "load_folder", "load_pretrained"]
@@ -45,7 +52,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
-class Pretrained:
+class Pretrained(LatentMethods):
     """A pretrained diffusion model with what sampling needs to know about it.
 
     Attributes:
@@ -54,7 +61,12 @@ class Pretrained:
         sample_shape: (C, H, W) of one sample.
         prediction_type: ``epsilon``, ``sample`` or ``v_prediction``.
         name: where it came from (bundled name, folder or hub id).
-        data_range: the range of the data it was trained on, (-1, 1) for images.
+        data_range: the range of the images it makes, (-1, 1) (for a latent model: of the
+            decoded images).
+        autoencoder: a latent model's ``VQModel`` or ``AutoencoderKL`` (None: the model
+            samples images); then ``sample_shape`` is the latents' shape, and
+            :func:`ddim.sample` decodes (:meth:`decode`) after the loop.
+        scaling_factor, shift_factor: latents z = scaling_factor·(E(x) - shift_factor).
 
     Calling the bundle calls the network: ``bundle(x, t) -> Tensor`` (ε for ε-models), with x
     (B, C, H, W) and t int64 (B,).
@@ -66,6 +78,9 @@ class Pretrained:
     prediction_type: str = "epsilon"
     name: str = ""
     data_range: tuple[float, float] = (-1.0, 1.0)
+    autoencoder: torch.nn.Module | None = None
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
 
     @property
     def model_fn(self):
@@ -83,11 +98,13 @@ class Pretrained:
         """A one-line summary (not the network's layers: print ``bundle.model`` for those)."""
         device, dtype = model_device_dtype(self)
         count = sum(p.numel() for p in self.model.parameters())
+        latent = ("" if self.autoencoder is None else f", autoencoder="
+                  f"{type(self.autoencoder).__name__}, scaling_factor={self.scaling_factor:g}")
         return (f"Pretrained(name={self.name!r}, model={type(self.model).__name__}, "
-                f"parameters={count / 1e6:.2f}M, sample_shape={tuple(self.sample_shape)}, "
-                f"prediction_type={self.prediction_type!r}, schedule={self.schedule!r}, "
-                f"data_range={tuple(self.data_range)}, device={device}, "
-                f"dtype={str(dtype).removeprefix('torch.')})")
+                f"parameters={count / 1e6:.2f}M, sample_shape={tuple(self.sample_shape)}"
+                f"{latent}, prediction_type={self.prediction_type!r}, "
+                f"schedule={self.schedule!r}, data_range={tuple(self.data_range)}, "
+                f"device={device}, dtype={str(dtype).removeprefix('torch.')})")
 
     def calibrated_timesteps(self, solver: str, steps: int, *,
                              schedule: NoiseSchedule | None = None,
@@ -108,8 +125,13 @@ class Pretrained:
 
         As with ``nn.Module.to``, the network moves in place: this bundle and the returned one
         share it. Load twice (``load_pretrained(..., device=...)``) to keep one copy per device.
+        An autoencoder moves with it, in ``dtype`` (float32 for half precision when its config
+        sets ``force_upcast``, as Stable Diffusion's VAE does).
         """
-        return replace(self, model=self.model.to(device=device, dtype=dtype))
+        codec = self.autoencoder
+        if codec is not None:
+            codec = codec.to(device=device, dtype=ae.cast_dtype(codec, dtype))
+        return replace(self, model=self.model.to(device=device, dtype=dtype), autoencoder=codec)
 
 
 def bundled_path(name: str) -> Path:
@@ -134,13 +156,16 @@ def load_pretrained(
             (downloaded through huggingface_hub when online, read from its cache otherwise).
         device: where to put the network (default CPU).
         torch_dtype: the network's dtype (e.g. ``torch.float16`` on a GPU); sampling keeps its
-            own state in float32 and casts only the network's input and output.
+            own state in float32 and casts only the network's input and output. A latent
+            model's autoencoder takes it too, but stays float32 in half precision when its
+            config sets ``force_upcast`` (Stable Diffusion's VAE).
         schedule: override the schedule (required in spirit for a bare UNet folder; without it
             the DDPM linear schedule is used).
 
     Raises:
         PretrainedError: unknown name, missing folder or files, corrupt weights, invalid config,
-            or a hub id that cannot be fetched (offline): the message says which and what to do.
+            an autoencoder without a UNet or one that does not fit it, or a hub id that cannot
+            be fetched (offline): the message says which and what to do.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a string or path, got "
@@ -175,6 +200,12 @@ def load_folder(folder: Path, *, schedule: NoiseSchedule | None = None,
     folder = Path(folder)
     if not folder.is_dir():
         raise PretrainedError(f"model folder not found: {folder}")
+    ae_dir = ae.autoencoder_folder(folder)
+    if ae_dir is not None and not (folder / "unet" / "config.json").is_file():
+        raise PretrainedError(
+            f"{folder} has an autoencoder ({ae_dir.name}/) but no unet/config.json: a latent "
+            "diffusion folder holds both (LDMPipeline: vqvae/, unet/, scheduler/; Stable "
+            "Diffusion: vae/, unet/, scheduler/)")
     unet_dir = files.unet_folder(folder)
     config_file = unet_dir / "config.json"
     if not config_file.is_file():
@@ -187,6 +218,8 @@ def load_folder(folder: Path, *, schedule: NoiseSchedule | None = None,
     config = files.read_json(config_file)
     model_cls = files.model_class(config, config_file)
     files.check_model_config(config, model_cls, config_file)
+    checked = (None if ae_dir is None else
+               ae.check_autoencoder(ae_dir, config["in_channels"], config_file))
     if weights.suffix == ".safetensors":
         files.check_safetensors(weights)
     model = files.load_network(model_cls, unet_dir, weights)
@@ -207,9 +240,10 @@ def load_folder(folder: Path, *, schedule: NoiseSchedule | None = None,
     schedule = schedule if schedule is not None else NoiseSchedule.linear()
     size = config["sample_size"]
     hw = (size, size) if isinstance(size, int) else tuple(size)
+    latent = {} if checked is None else ae.load_autoencoder(ae_dir, *checked)
     return Pretrained(model=model, schedule=schedule,
                       sample_shape=(int(config["in_channels"]), *map(int, hw)),
-                      prediction_type=prediction_type, name=name or str(folder))
+                      prediction_type=prediction_type, name=name or str(folder), **latent)
 
 
 def declared_classes(name_or_path: str | os.PathLike) -> tuple[int | None, int | None] | None:

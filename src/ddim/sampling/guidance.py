@@ -106,8 +106,10 @@ def conditioning(
         ValueError naming the argument: labels for an unconditional model, none for a
             class-conditional one, labels of the wrong shape or range, guidance without
             conditioning or without an unconditional half, keyword tensors of the wrong batch
-            size, mismatched keys.
+            size, mismatched keys, a cross-attention UNet without ``encoder_hidden_states``
+            (:func:`check_cross_attention`).
     """
+    check_cross_attention(model, model_kwargs, uncond_kwargs)
     num_classes, null = class_info(model)
     if class_labels is None and num_classes is not None and not model_kwargs:
         unconditional = f", or the null class {null} for unconditional samples" if (
@@ -150,6 +152,42 @@ def conditioning(
         raise ValueError(f"uncond_kwargs must have the keys of the conditioning "
                          f"{sorted(cond)}, got {sorted(uncond)}")
     return Conditioning(cond, uncond, None if guidance_scale is None else float(guidance_scale))
+
+
+def check_cross_attention(model: Any, model_kwargs: Kwargs | None,
+                          uncond_kwargs: Kwargs | None) -> None:
+    """A cross-attention UNet (diffusers ``UNet2DConditionModel``: its config has
+    ``cross_attention_dim``, Stable Diffusion's) must get ``encoder_hidden_states`` (B, L, D),
+    D its cross_attention_dim, in ``model_kwargs`` (and ``uncond_kwargs`` when given), before
+    any model call; one that needs ``added_cond_kwargs`` (SDXL's ``addition_embed_type``)
+    cannot be called through the model contract.
+
+    Raises:
+        ValueError: naming the missing keyword or the embedding's wrong shape.
+    """
+    network = getattr(model, "model", model) if hasattr(model, "schedule") else model
+    config = getattr(network, "config", None)
+    dim = config.get("cross_attention_dim") if hasattr(config, "get") else None
+    if dim is None:
+        return
+    name = type(network).__name__
+    if config.get("addition_embed_type"):
+        raise ValueError(f"this {name} has addition_embed_type "
+                         f"{config.get('addition_embed_type')!r} (SDXL-style) and needs "
+                         "added_cond_kwargs, which ddim does not pass")
+    width = f"{dim}" if isinstance(dim, int) else "its cross_attention_dim"
+    for what, kw in (("model_kwargs", model_kwargs), ("uncond_kwargs", uncond_kwargs)):
+        if kw is None and what == "uncond_kwargs":
+            continue
+        states = (kw or {}).get("encoder_hidden_states")
+        if not isinstance(states, torch.Tensor):
+            raise ValueError(
+                f"this {name} is conditioned on encoder_hidden_states (B, L, {width}): pass "
+                f"{what}={{'encoder_hidden_states': ...}} (for Stable Diffusion the prompt "
+                "embeddings of its pipeline's encode_prompt; see docs/latent-diffusion.md)")
+        if states.ndim != 3 or (isinstance(dim, int) and states.shape[-1] != dim):
+            raise ValueError(f"{what}['encoder_hidden_states'] must have shape (B, L, {width})"
+                             f", got {tuple(states.shape)}")
 
 
 def class_info(model: Any) -> tuple[int | None, int | None]:

@@ -26,6 +26,7 @@ from ..maths.schedule import NoiseSchedule, default_schedule
 from ..maths.thresholding import clip_range
 from . import noise as _noise
 from .guidance import Conditioning, conditioning
+from .latents import check_latent_clip
 from .model_contract import (
     ModelFn,
     as_model_fn,
@@ -127,7 +128,7 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
         TypeError / ValueError naming the parameter: a model that is not callable, steps or
             steps_offset outside the schedule's range, a bad explicit grid, zero terminal SNR
             with ε-prediction, a sample shape the model cannot tell, a generator on another
-            device, bad conditioning.
+            device, bad conditioning, ``clip_sample=True`` for a latent model.
     """
     fn = as_model_fn(model)
     o = options
@@ -144,6 +145,7 @@ def make_plan(model: Any, options: SampleOptions) -> Plan:
     table = step_table(schedule, spec, o.solver, o.final_alpha, o.eta, o.sigma_hat, ptype,
                        _fuse(o))
 
+    check_latent_clip(model, o.clip_sample)
     model_device, model_dtype = model_device_dtype(model)
     x = _initial_sample(model, o, model_device)
     check_sample_shape(model, x.shape, "shape" if o.x_T is None and o.x_name == "x_T" else

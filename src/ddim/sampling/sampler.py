@@ -18,6 +18,7 @@ import torch
 
 from ..maths.schedule import NoiseSchedule
 from ..maths.thresholding import ClipSample
+from .latents import check_decode, decode_samples
 from .model_contract import OutputProbe
 from .noise import Generators
 from .options import Callback, SampleOptions
@@ -69,6 +70,7 @@ def sample(
     max_batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    decode: bool | None = None,
 ) -> torch.Tensor:
     """Generate samples with DDIM (Song, Meng & Ermon 2021).
 
@@ -132,9 +134,14 @@ def sample(
         device, dtype: where and in which dtype (>= float32 precision) to keep the sample when
             x_T is not given (default: the model's device, float32). The model runs in its own
             dtype; only its input and output are cast.
+        decode: for a latent model (a bundle with an autoencoder, :mod:`ddim.sampling.latents`;
+            x_T, shape and the loop are in latent space): None (default) or True decodes the
+            final latents to images after the loop (in chunks of ``max_batch_size``), False
+            returns the latents. True for a model without an autoencoder is refused.
 
     Returns:
-        x_0 of shape (B, ...), in the model's data range (e.g. [-1, 1] for images).
+        x_0 of shape (B, ...), in the model's data range (e.g. [-1, 1] for images); for a
+        latent model the decoded images (B, *image_shape), or the latents with decode=False.
 
     Raises:
         TypeError / ValueError naming the parameter for invalid arguments, before any model
@@ -149,7 +156,9 @@ def sample(
         rederive_eps=rederive_eps, class_labels=class_labels, guidance_scale=guidance_scale,
         model_kwargs=model_kwargs, uncond_kwargs=uncond_kwargs, callback=callback,
         progress=progress, max_batch_size=max_batch_size, device=device, dtype=dtype)
-    return run(make_plan(model, options))
+    plan, decoding = make_plan(model, options), check_decode(model, decode)
+    x = run(plan)
+    return decode_samples(model, x, max_batch_size) if decoding else x
 
 
 def sample_iter(
@@ -184,9 +193,11 @@ def sample_iter(
 ) -> Iterator[SampleStep]:
     """Run the sampler step by step, yielding a :class:`SampleStep` after each model call.
 
-    The arguments are those of :func:`sample` (but ``max_batch_size``), validated when this
-    is called, not when iteration starts. After its last step the iterator raises
-    :class:`NonFiniteError` if the model returned NaN or inf at any step, naming the first.
+    The arguments are those of :func:`sample` (but ``max_batch_size`` and ``decode``: for a
+    latent model every step is in latent space; ``model.decode`` turns the last sample into
+    images), validated when this is called, not when iteration starts. After its last step
+    the iterator raises :class:`NonFiniteError` if the model returned NaN or inf at any step,
+    naming the first.
     """
     options = SampleOptions(
         steps=steps, eta=eta, solver=solver, x_T=x_T, shape=shape,
