@@ -29,8 +29,9 @@ Cells (each saved to the JSON as soon as it is finished; a rerun skips finished 
     python benchmarks/mnist_quality.py --shard 1/2
 
 Every finished cell is merged into benchmarks/results/mnist_quality.json at once (atomically,
-under a file lock: benchmarks/cells.py), and mnist_quality.md is redrawn from it. Cells of
-other weights (their sha256 differs) or another n are refused.
+under a file lock: benchmarks/cells.py), and mnist_quality.md is redrawn from it. A cell's name
+ends in the sha256 of the weights it sampled, so retrained weights get new cells and the
+report shows only those of the bundled weights; a file of another n is refused.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Bench:
     def __init__(self, num: int, batch_size: int, out: Path) -> None:
         self.num, self.batch_size, self.out = num, batch_size, out
         self.models = {name: ddim.load_pretrained(name) for name in MODELS}
+        self.weights = {m: weights_identity(self.models[m].model)["sha256"] for m in MODELS}
         self.clf = load_classifier("mnist")
         self.train_x, _, self.held_x, self.held_y = mnist_split()
         self.train_f = extract_features(self.train_x, self.clf.features)
@@ -119,7 +121,8 @@ class Bench:
         return torch.arange(self.num) * 10 // self.num
 
     def samples_file(self, kind: str) -> Path:
-        return self.out / f"mnist_samples_{kind}.pt"  # git-ignored (*.pt)
+        sha = self.weights[KINDS[kind][0]][:12]
+        return self.out / f"mnist_samples_{kind}_{sha}.pt"  # git-ignored (*.pt)
 
 
 def _background(x: torch.Tensor) -> dict:
@@ -184,17 +187,28 @@ def guidance(b: Bench, w: float) -> dict:
 
 
 def cells(b: Bench) -> dict:
-    out = {"floor": lambda: floor(b)}
-    out.update({f"timing|{m}": lambda m=m: timing(b, m) for m in MODELS})
+    """Every cell by name, ``NAME@SHA``: the first 12 hex digits of the sha256 of the weights
+    it samples (none for floor), so that retrained weights get cells of their own."""
+    out = {"floor": (None, lambda: floor(b))}
+    out.update({f"timing|{m}": (m, lambda m=m: timing(b, m)) for m in MODELS})
     for kind, s, seed in SAMPLED:
-        out[f"{kind}|{s}|trailing|{seed}"] = lambda kind=kind, s=s, seed=seed: sampled(
-            b, kind, s, seed)
-    out.update({f"memorisation|{m}": lambda m=m: memorisation(b, m) for m in MODELS})
-    out.update({f"guidance|{w:g}": lambda w=w: guidance(b, w) for w in GUIDANCE})
+        out[f"{kind}|{s}|trailing|{seed}"] = (KINDS[kind][0], lambda kind=kind, s=s, seed=seed:
+                                              sampled(b, kind, s, seed))
+    out.update({f"memorisation|{m}": (m, lambda m=m: memorisation(b, m)) for m in MODELS})
+    out.update({f"guidance|{w:g}": ("mnist-cond", lambda w=w: guidance(b, w)) for w in GUIDANCE})
     for kind, s, seed, eta in LATER:
         name = f"{kind}|{s}|trailing|{seed}" + ("|eta1" if eta == 1.0 else "")
-        out[name] = lambda kind=kind, s=s, seed=seed, eta=eta: sampled(b, kind, s, seed, eta)
-    return out
+        out[name] = (KINDS[kind][0], lambda kind=kind, s=s, seed=seed, eta=eta:
+                     sampled(b, kind, s, seed, eta))
+    named = {}
+    for name, (model, run) in out.items():
+        if model is None:
+            named[name] = run
+            continue
+        sha = b.weights[model]
+        named[f"{name}@{sha[:12]}"] = lambda run=run, model=model, sha=sha: dict(
+            run(), model=model, weights=sha)
+    return named
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,13 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     b = Bench(args.num, args.batch_size, args.out)
-    run = dict(num=args.num, torch=torch.__version__, threads=args.threads,
-               weights={m: weights_identity(b.models[m].model)["sha256"] for m in MODELS})
+    run = dict(num=args.num, torch=torch.__version__, threads=args.threads, weights=b.weights)
     done = load_cells(json_path)
-    if "run" in done and {k: done["run"].get(k) for k in ("num", "weights")} != {
-            k: run[k] for k in ("num", "weights")}:
-        raise SystemExit(f"{json_path} holds cells of other weights or another n "
-                         f"({done['run']}); move it away")
+    if "run" in done and done["run"]["num"] != args.num:
+        raise SystemExit(f"{json_path} holds cells of n = {done['run']['num']}, not "
+                         f"{args.num}; move it away")
     done = save_cells(json_path, {"run": run})
     index, count = args.shard
     todo = [name for name in cells(b) if name not in done

@@ -53,7 +53,9 @@ def _headline(c: dict, kind: str, floor: float) -> list[str]:
 
 
 def markdown(done: dict) -> str:
-    r, c = done["run"], {k: v for k, v in done.items() if k != "run"}
+    r = done["run"]
+    c = {k.split("@")[0]: v for k, v in done.items() if k == "floor" or (
+        k != "run" and v.get("weights") == r["weights"].get(v.get("model")))}
     lines = [f"Bundled `mnist` and `mnist-cond` (weights sha256 "
              f"{', '.join(f'{m} {s[:12]}' for m, s in r['weights'].items())}), n = {r['num']} "
              f"samples per cell, {r['threads']} thread(s), torch {r['torch']}. Features: the "

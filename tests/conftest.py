@@ -21,6 +21,17 @@ def _float32_on_cuda(request):
         yield
 
 
+@pytest.fixture
+def quiet_diffusers():
+    """diffusers warns on every ``.to(dtype)`` of a model; where the casts are deliberate."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    yield
+    diffusers_logging.set_verbosity(level)
+
+
 @pytest.fixture(scope="session")
 def tiny_unet():
     return make_tiny_unet()

