@@ -28,7 +28,8 @@ held-out digits). A class-conditional model samples n/K of each class (sample i 
 i·K // n), no guidance. Budgets up to 10 calls run 3 seeds (0, 1, 2); the others seed 0.
 Each finished cell is saved at once to results/solvers_<model>_cells.json, so an interrupted
 run resumes; --shard I/N shares the cells between processes. The file records the weights'
-sha256 and refuses the cells of other weights.
+sha256 and refuses the cells of other weights; a calibrated cell whose grid was refitted since
+is run again.
 
 Outputs: results/solvers_<model>.md (table) and solvers_<model>.png (FD against model calls).
 """
@@ -118,6 +119,19 @@ class Lab:
                   f"{result.seconds:.0f} s ({result.model_calls} calls)", file=sys.stderr)
             return list(result.timesteps), dict(calibration_seconds=result.seconds,
                                                 calibration_calls=result.model_calls)
+
+    def done(self, cell: dict, cells: dict) -> bool:
+        """Whether ``cells`` holds ``cell``; a calibrated cell only with the grid the model's
+        calibration file holds now (a refitted grid makes the old cell stale)."""
+        if key(cell) not in cells:
+            return False
+        if cell["grid"] != "calibrated":
+            return True
+        try:
+            grid = self.model.calibrated_timesteps(cell["solver"], cell["steps"])
+        except CalibrationError:
+            return False
+        return cells[key(cell)].get("timesteps") == list(grid)
 
     def run(self, cell: dict) -> dict:
         extra = {}
@@ -287,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
                  and c["seed"] in args.seeds and c["impl"] in args.impls
                  and c["solver"] in args.solvers and c["grid"] in args.grids]
         shard, shards = args.shard
-        for cell in [c for c in cells if key(c) not in done][shard::shards]:
+        for cell in [c for c in cells if not lab.done(c, done)][shard::shards]:
             if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
                 print("time limit reached; rerun to resume", file=sys.stderr)
                 break
-            if key(cell) in load_cells(path):  # another shard did it meanwhile
+            if lab.done(cell, load_cells(path)):  # another shard did it meanwhile
                 continue
             result = lab.run(cell)
             done = save_cells(path, {key(cell): dict(cell, **result, threads=args.threads)})

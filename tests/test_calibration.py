@@ -57,6 +57,7 @@ def test_the_search_is_deterministic_and_beats_its_start(digits):
     b = calibrate_timesteps(digits, 4, solver="ipndm", **FEW)
     assert a.timesteps == b.timesteps and a.objective == b.objective
     assert len(a.timesteps) == 4 and a.timesteps[0] == 999
+    assert a.timesteps[-1] == a.teacher["end"] == 10  # the teacher's time_quadratic end, T/100
     assert list(a.timesteps) == sorted(a.timesteps, reverse=True)
     assert set(a.presets) == set(PRESETS) and a.start == min(a.presets, key=a.presets.get)
     assert a.objective <= min(a.presets.values())
@@ -184,3 +185,15 @@ def test_generate_with_spacing_calibrated_records_the_grid(digits_copy, tmp_path
     settings = json.loads((tmp_path / "run" / "run.json").read_text())["settings"]
     assert settings["timesteps"] == bundle.calibrated_timesteps("unipc", 3)
     assert "spacing" not in settings
+
+
+def test_candidate_grids_end_where_the_teacher_ends():
+    """A free last point is a trap (the blurred x̂0 of a high t is closer in mean square to the
+    teacher's sample than a sharp one): presets start with their last point moved to the
+    teacher's end, the points above pushed up where they would meet it."""
+    from ddim.calibration.search import ending_at
+
+    assert ending_at([999, 749, 499, 249], 10) == [999, 749, 499, 10]
+    assert ending_at([999, 12, 11, 0], 10) == [999, 12, 11, 10]
+    assert ending_at([999, 11, 3, 2, 0], 10) == [999, 13, 12, 11, 10]
+    assert ending_at([999], 10) == [999]
