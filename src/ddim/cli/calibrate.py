@@ -2,8 +2,8 @@
 
 ::
 
-    ddim calibrate --model digits --solver ipndm --steps 4 5 6 8 10
-    ddim sample --model digits --solver ipndm --steps 5 --spacing calibrated --out s.png
+    ddim calibrate --model digits --solver unipc --steps 4 5 6 8 10
+    ddim sample --model digits --solver unipc --steps 5 --spacing calibrated --out s.png
 
 The grids go to ``--out`` (default: the model folder's ``calibration.json``, where
 ``--spacing calibrated`` finds them); each is added atomically, replacing an older grid of the
