@@ -24,6 +24,14 @@ def _max_rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+# What another float32 kernel order may change in a sample: the network's own float32 noise.
+# Measured on digits (S = 10, leading): an input scaled by 1 + 1e-7 moves the sample by 5.1e-6
+# of its scale; channels_last moves it by 2.3e-6 to 5.0e-6 (S = 5, three x_T), trace by 0 on
+# the development CPU. The bound is 20x that noise (a CPU that sums in another order), still
+# far below what a wrong function gives (bf16 autocast: ~1e-2).
+FLOAT32_NOISE = 1e-4
+
+
 def test_trace_matches_eager_for_each_batch_shape(digits):
     fast = ddim.accelerate(digits, "trace")
     assert fast.schedule == digits.schedule and fast.sample_shape == digits.sample_shape
@@ -32,14 +40,14 @@ def test_trace_matches_eager_for_each_batch_shape(digits):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fall-back, no warning
             ours = _sample(fast, 10, x_T)
-        assert _max_rel(ours, _sample(digits, 10, x_T)) <= 1e-5
+        assert _max_rel(ours, _sample(digits, 10, x_T)) <= FLOAT32_NOISE
     assert len(fast.model._forwards) == 2 and not fast.model.fallbacks
 
 
 def test_channels_last_matches_and_leaves_the_callers_network_alone(digits):
     fast = ddim.accelerate(digits, "channels_last")
     x_T = torch.randn(3, 1, 8, 8)
-    assert _max_rel(_sample(fast, 5, x_T), _sample(digits, 5, x_T)) <= 1e-5
+    assert _max_rel(_sample(fast, 5, x_T), _sample(digits, 5, x_T)) <= FLOAT32_NOISE
     weight = next(p for p in digits.parameters() if p.ndim == 4)
     assert weight.is_contiguous()  # the original is still NCHW
 
@@ -72,7 +80,7 @@ def test_compile_matches_eager():
         out = _sample(fast, 4, x_T)
     assert not fast.fallbacks, fast.fallbacks
     assert not [w for w in caught if "ddim.accelerate" in str(w.message)]
-    assert _max_rel(out, _sample(model, 4, x_T)) <= 1e-5
+    assert _max_rel(out, _sample(model, 4, x_T)) <= FLOAT32_NOISE
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fall-back")
@@ -120,7 +128,7 @@ def test_cuda_graph_matches_eager():
     gpu = ddim.load_pretrained("digits", device="cuda")  # not the CPU fixture: .to moves in place
     fast = ddim.accelerate(gpu, "cuda_graph")
     x_T = torch.randn(2, 1, 8, 8, device="cuda")
-    assert _max_rel(_sample(fast, 10, x_T), _sample(gpu, 10, x_T)) <= 1e-5
+    assert _max_rel(_sample(fast, 10, x_T), _sample(gpu, 10, x_T)) <= FLOAT32_NOISE
     assert not fast.model.fallbacks
 
 

@@ -207,14 +207,15 @@ def test_cpu_generator_gives_the_same_result_on_cuda(eta):
 
     # TF32 is off here (the conftest fixture): with it on, cuDNN's convolutions differ from
     # the CPU's by ~1e-3 per forward and this differs by 0.025 (measured on an H200); off,
-    # by 1.2e-4 on the leading grid
+    # by 1.2e-4 on the leading grid: bounded at 1e-3, 8x that, far below what another
+    # noise stream gives at η = 1 (order 1)
     unet = make_tiny_unet()
     gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
     kw = dict(batch_size=2, spacing="leading")
     cpu = ddim.sample(unet, 10, eta, generator=gens(), **kw)
     gpu = ddim.sample(unet.cuda(), 10, eta, generator=gens(), **kw)
     assert gpu.device.type == "cuda"
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.cuda
