@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def summary(path: Path, width: int = 110) -> str:
     """The first sentence of a module's docstring, as one line of at most ``width``
     characters (cut at a word, marked with …)."""
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-    first = " ".join(doc.strip().split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    # a sentence ends at ". " before a capital, not after "et al." or "eq."
+    first = re.split(r"(?<!\bal)(?<!\beq)\.\s+(?=[A-Z])", text)[0].rstrip(".")
     if len(first) > width:
         first = first[:width].rsplit(" ", 1)[0].rstrip(",;:") + " …"
     return first

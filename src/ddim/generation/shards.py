@@ -1,4 +1,4 @@
-"""The shard files of a :func:`ddim.generation.generate.generate` run (:mod:`.pack` joins them).
+"""The shard files of a :func:`ddim.generation.generate.generate` run (:mod:`.packing` joins them).
 
 The run's folder::
 

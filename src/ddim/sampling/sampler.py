@@ -100,7 +100,10 @@ def sample(
             (default: starts at T-1, from pure noise, for every S), ``leading`` (the paper's
             uniform grid i·T/S: 10 steps start at t=900, 1 step at t=0), ``linspace``,
             ``quad`` (the paper's CIFAR10 grid) or ``time_quadratic``; in the noise level
-            ``karras``, ``kl_optimal`` or ``log_snr``.
+            ``karras``, ``kl_optimal`` or ``log_snr``; ``calibrated``: the grid fitted to this
+            model, solver and S by :func:`ddim.calibrate_timesteps` (read from the model
+            folder's ``calibration.json``; a bundle without one for them raises
+            ``CalibrationError`` naming what is missing).
         steps_offset: shift of the ``leading`` grid (diffusers' ``steps_offset``; default 0).
         timesteps: an explicit strictly decreasing grid (a 1-D integer list, tuple, numpy
             array or tensor), used as given, instead of spacing/steps_offset (giving those
