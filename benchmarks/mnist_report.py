@@ -45,7 +45,8 @@ def _headline(c: dict, kind: str, floor: float) -> list[str]:
                   f"{_met(near)})."]
     if kind == "mnist-cond":
         acc = mean(v["accuracy"] for v in seeds)
-        kept = mean(fd) <= COND_BEFORE["fd"] + sd and acc >= COND_BEFORE["accuracy"]
+        kept = (mean(fd) <= COND_BEFORE["fd"] + sd  # the before figures are rounded to their digits
+                and acc >= COND_BEFORE["accuracy"] - 5e-4)
         lines += [f"Before issue 21: FD {COND_BEFORE['fd']:.2f}, "
                   f"{100 * COND_BEFORE['accuracy']:.1f}% of labels; now {mean(fd):.2f} and "
                   f"{100 * acc:.1f}% (target: at least as good: {_met(kept)})."]
