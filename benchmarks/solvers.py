@@ -114,7 +114,7 @@ class Lab:
             if labels:  # 64 calibration noises, balanced classes
                 labels = dict(class_labels=torch.arange(64) % (self.classes - 1))
             result = ddim.calibrate_timesteps(self.model, steps, solver=solver, **labels)
-            result.save()
+            result.save(result.default_path)  # a bundled model's file too: a developer tool
             print(f"calibrated {solver} S={steps}: {list(result.timesteps)} in "
                   f"{result.seconds:.0f} s ({result.model_calls} calls)", file=sys.stderr)
             return list(result.timesteps), dict(calibration_seconds=result.seconds,

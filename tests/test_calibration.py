@@ -197,3 +197,21 @@ def test_candidate_grids_end_where_the_teacher_ends():
     assert ending_at([999, 12, 11, 0], 10) == [999, 12, 11, 10]
     assert ending_at([999, 11, 3, 2, 0], 10) == [999, 13, 12, 11, 10]
     assert ending_at([999], 10) == [999]
+
+
+def test_a_bundled_models_shipped_grids_are_never_rewritten_by_default(capsys):
+    """A default save into a bundled model's calibration.json (inside the package) is
+    refused, from Python and from the command line, before any fit; an explicit path is
+    taken (the developers' refit)."""
+    shipped = ddim.load_pretrained("digits")
+    shipped_file = bundled_path("digits") / "calibration.json"
+    before = shipped_file.read_bytes()
+    fit = calibrate_timesteps(shipped, 3, solver="unipc", **FEW)
+    with pytest.raises(ValueError, match=r"ships with the ddim package \(a bundled model\): a "
+                                         r"default save does not rewrite it; give a file of "
+                                         r"your own \(save\(path\) / ddim calibrate --out FILE\)"):
+        fit.save()
+    assert cli.main(["calibrate", "--model", "digits", "--solver", "unipc", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--model digits: " in err and "ships with the ddim package (a bundled model)" in err
+    assert shipped_file.read_bytes() == before

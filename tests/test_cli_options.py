@@ -254,6 +254,33 @@ def test_latents_record_their_grid_and_another_is_refused(latents, capsys, tmp_p
                 "but this run uses steps 5, spacing trailing, solver ipndm")
 
 
+def test_latents_of_another_model_are_refused(latents, capsys, tmp_path):
+    """The reported case: latents inverted with digits decoded by digits-cond without a
+    word. The file records the model; another one is refused, before it is loaded, naming
+    both, unless --latents-any-grid."""
+    assert str(load_npz(latents)["model"]) == "tiny"
+    capsys.readouterr()
+    check_error(capsys, ["sample", "--model", "tinycond", "--class", 1, "--latents", latents,
+                         "--steps", 5, "--out", tmp_path / "s.png"], 2,
+                f"--latents: {latents} was inverted with --model tiny, but this run uses "
+                "--model tinycond: another model does not reconstruct the images; pass "
+                "--model tiny, or --latents-any-grid to decode them anyway")
+    other = sample(tmp_path, "other.npz", "--model", "tinycond", "--class", 1, "--latents",
+                   latents, "--steps", 5, "--latents-any-grid")
+    assert other["images"].shape == (2, 4, 4, 1)
+
+
+def test_num_with_latents_must_be_their_count(latents, capsys, tmp_path):
+    """The reported case: --num 3 with 2 latents wrote 2 images without a word."""
+    capsys.readouterr()
+    check_error(capsys, ["sample", "--model", "tiny", "--latents", latents, "--steps", 5,
+                         "--num", 3, "--out", tmp_path / "s.png"], 2,
+                f"--num 3: {latents} holds 2 latents, one image each; leave --num out")
+    same = sample(tmp_path, "same.npz", "--model", "tiny", "--latents", latents,
+                  "--steps", 5, "--num", 2)
+    assert same["images"].shape == (2, 4, 4, 1)
+
+
 def test_latents_on_their_grid_or_any_grid_when_asked(latents, tmp_path):
     same = sample(tmp_path, "same.npz", "--model", "tiny", "--latents", latents,
                   "--steps", 5)

@@ -117,4 +117,6 @@ def test_sample_command_refuses_a_class_for_unconditional_mnist(tmp_path, capsys
     assert cli.main(["sample", "--model", "mnist", "--class", "3", "--num", "2", "--out",
                      str(out)]) == 2
     assert not out.exists()
-    assert "--class" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(
+        "--class given, but the model is not class-conditional (--model mnist); its "
+        "class-conditional twin is --model mnist-cond\n")

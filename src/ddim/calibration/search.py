@@ -38,7 +38,13 @@ import torch
 
 from .._version import __version__
 from ..checks import check_bool, check_choice, check_int
-from ..loading.calibrations import default_file, grid_key, save_grid
+from ..loading.calibrations import (
+    bundled_file,
+    bundled_refusal,
+    default_file,
+    grid_key,
+    save_grid,
+)
 from ..maths.grids import timesteps
 from ..maths.schedule import NoiseSchedule
 from ..sampling.model_contract import model_sample_shape
@@ -103,13 +109,17 @@ class Calibration:
         atomically, replacing a grid of the same key. Returns the path written.
 
         Raises:
-            ValueError: no path and the model has no folder. OSError: it cannot be written.
+            ValueError: no path and the model has no folder, or is a bundled model (its
+                calibration file ships with the package: pass a path of your own).
+            OSError: it cannot be written.
         """
         if path is None:
             path = self.default_path
             if path is None:
                 raise ValueError("the model was not loaded from a folder: pass the path of "
                                  "the calibration file")
+            if bundled_file(path):
+                raise ValueError(bundled_refusal(path))
         return save_grid(path, self.entry())
 
 

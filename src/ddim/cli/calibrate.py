@@ -2,12 +2,14 @@
 
 ::
 
-    ddim calibrate --model digits --solver unipc --steps 4 5 6 8 10
-    ddim sample --model digits --solver unipc --steps 5 --spacing calibrated --out s.png
+    ddim calibrate --model path/to/model --solver unipc --steps 4 5 6 8 10
+    ddim sample --model path/to/model --solver unipc --steps 5 --spacing calibrated --out s.png
 
 The grids go to ``--out`` (default: the model folder's ``calibration.json``, where
-``--spacing calibrated`` finds them); each is added atomically, replacing an older grid of the
-same key. The search is :func:`ddim.calibration.search.calibrate_timesteps`.
+``--spacing calibrated`` finds them; a bundled model's file ships with the package and is not
+rewritten by default: give ``--out``, then ``--calibration``); each is added atomically,
+replacing an older grid of the same key. The search is
+:func:`ddim.calibration.search.calibrate_timesteps`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from ..calibration.search import calibrate_timesteps
 from ..checks import plural
-from ..loading.calibrations import default_file
+from ..loading.calibrations import bundled_file, bundled_refusal, default_file
 from .base import CliError
 from .common import (
     check_class_options,
@@ -67,6 +69,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise CliError(f"--model {args.model} has no folder to keep its calibration in: "
                        "pass --out FILE.json")
     if args.out is None:
+        if bundled_file(out):
+            raise CliError(f"--model {args.model}: {bundled_refusal(out)}")
         check_output(out, (".json",), flag="--out (the model folder's calibration.json)")
     labels = model_labels(args, bundle)
     for steps in args.steps:

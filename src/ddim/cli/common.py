@@ -24,7 +24,13 @@ from ..generation.folder_lock import FolderInUseError
 from ..generation.manifest import RunMismatchError
 from ..generation.settings import SamplingSettings
 from ..images import save_image_grid, save_npz, to_uint8
-from ..loading.pretrained import Pretrained, PretrainedError, declared_classes, load_pretrained
+from ..loading.pretrained import (
+    BUNDLED_MODELS,
+    Pretrained,
+    PretrainedError,
+    declared_classes,
+    load_pretrained,
+)
 from ..sampling.guidance import NULL_LABEL, class_info, resolve_labels
 from ..sampling.model_contract import NonFiniteError
 from .base import EXIT_FAILURE, EXIT_USAGE, CliError, plural
@@ -178,7 +184,10 @@ def _resolve(args: argparse.Namespace, num_classes: int | None,
     try:
         return resolve_labels(args.class_labels, num_classes, null, name="--class")
     except ValueError as err:
-        raise CliError(f"{err} (--model {args.model})") from None
+        twin = f"{args.model}-cond"
+        hint = (f"; its class-conditional twin is --model {twin}"
+                if num_classes is None and twin in BUNDLED_MODELS else "")
+        raise CliError(f"{err} (--model {args.model}){hint}") from None
 
 
 def describe(settings: SamplingSettings) -> str:

@@ -81,9 +81,9 @@ def read_images(path: Path, flag: str = "--images") -> np.ndarray:
 
 
 def read_latents(path: Path, flag: str = "--latents") -> tuple[torch.Tensor, dict[str, Any]]:
-    """The float32 ``latents`` (N, C, ...) of an .npz written by ``ddim invert``, and the grid
-    and solver they were inverted with as far as the file records them (``steps``,
-    ``spacing``, ``solver``; {} for latents from elsewhere).
+    """The float32 ``latents`` (N, C, ...) of an .npz written by ``ddim invert``, and the
+    model, grid and solver they were inverted with as far as the file records them
+    (``model``, ``steps``, ``spacing``, ``solver``; {} for latents from elsewhere).
 
     Raises:
         CliError: unreadable, no ``latents``, not real numbers, NaN or inf, not of shape
@@ -99,8 +99,8 @@ def read_latents(path: Path, flag: str = "--latents") -> tuple[torch.Tensor, dic
     if not np.isfinite(array).all():
         raise CliError(f"{flag}: {path}: latents contain NaN or inf values")
     grid = {}
-    for key, kind, name in (("steps", np.integer, "an integer"), ("spacing", np.str_, "a string"),
-                            ("solver", np.str_, "a string")):
+    for key, kind, name in (("model", np.str_, "a string"), ("steps", np.integer, "an integer"),
+                            ("spacing", np.str_, "a string"), ("solver", np.str_, "a string")):
         if key in arrays:
             value = arrays[key]
             if value.ndim != 0 or not np.issubdtype(value.dtype, kind):

@@ -50,17 +50,22 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Generate images with DDIM and save them as a PNG grid (.png) or as uint8 "
                     "images (N, H, W, C) with the run's arguments (.npz).")
     add_options(p, "sample")
-    add_num(p, 64)
+    p.add_argument("--num", type=positive_int, default=None,
+                   help=f"number of images (default: {NUM}; with --latents their count)")
     p.add_argument("--latents", type=Path, default=None,
                    help="decode these x_T (an .npz with 'latents', as `ddim invert` writes) "
                         "instead of drawing them; --num is then their count. Latents that "
                         "record their grid (steps, spacing) are decoded on that grid only")
     p.add_argument("--latents-any-grid", action="store_true",
-                   help="decode --latents with other --steps/--spacing than they were "
-                        "inverted with (the result then does not reconstruct the images)")
+                   help="decode --latents with another --model, --steps, --spacing or "
+                        "--solver than they were inverted with (the result then does not "
+                        "reconstruct the images)")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help="output file, .png (a grid) or .npz (arrays) (default: %(default)s)")
     p.set_defaults(run=run_sample)
+
+
+NUM = 64  # images of `ddim sample` without --latents
 
 
 def add_num(p: argparse.ArgumentParser, default: int) -> None:
@@ -81,7 +86,12 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.latents is not None:
         latents, grid = read_latents(args.latents)
         check_grid(args, grid)
+        if args.num is not None and args.num != latents.shape[0]:
+            raise CliError(f"--num {args.num}: {args.latents} holds {latents.shape[0]} "
+                           "latents, one image each; leave --num out")
         args.num = latents.shape[0]
+    elif args.num is None:
+        args.num = NUM
     bundle = load_model(args.model, device)
     if latents is not None and tuple(latents.shape[1:]) != tuple(bundle.sample_shape):
         raise CliError(f"--latents: {args.latents} holds latents of shape "
@@ -96,15 +106,22 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def check_grid(args: argparse.Namespace, grid: dict[str, Any]) -> None:
-    """Refuse to decode latents on another grid or with another solver than they record
-    (``grid``: steps, spacing, solver) unless --latents-any-grid.
+    """Refuse to decode latents with another model, on another grid or with another solver
+    than they record (``grid``: model, steps, spacing, solver) unless --latents-any-grid.
 
     Raises:
-        CliError: naming both grids and the two ways out.
+        CliError: naming both and the two ways out.
     """
+    if args.latents_any_grid:
+        return
+    if "model" in grid and not _same_model(grid["model"], str(args.model)):
+        raise CliError(f"--latents: {args.latents} was inverted with --model {grid['model']}, "
+                       f"but this run uses --model {args.model}: another model does not "
+                       f"reconstruct the images; pass --model {grid['model']}, or "
+                       "--latents-any-grid to decode them anyway")
     recorded = {k: grid[k] for k in ("steps", "spacing", "solver") if k in grid}
     asked = {k: getattr(args, k) for k in recorded}
-    if recorded == asked or args.latents_any_grid:
+    if recorded == asked:
         return
     show = " ".join(f"--{k} {v}" for k, v in recorded.items())
     raise CliError(f"--latents: {args.latents} was inverted on the grid of "
@@ -112,6 +129,14 @@ def check_grid(args: argparse.Namespace, grid: dict[str, Any]) -> None:
                    f"{', '.join(f'{k} {v}' for k, v in asked.items())}: decoding on another "
                    f"grid does not reconstruct the images; pass {show}, or --latents-any-grid "
                    "to decode them anyway")
+
+
+def _same_model(recorded: str, asked: str) -> bool:
+    """Whether two --model values name the same model: equal, or the same folder."""
+    if recorded == asked:
+        return True
+    a, b = Path(recorded), Path(asked)
+    return a.is_dir() and b.is_dir() and a.resolve() == b.resolve()
 
 
 def sample_images(bundle: Pretrained, settings: SamplingSettings, args: argparse.Namespace,

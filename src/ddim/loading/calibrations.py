@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,20 @@ def default_file(network: Any) -> Path | None:
     folder = Path(folder)
     root = folder.parent if (folder.parent / "model_index.json").is_file() else folder
     return root / FILE_NAME
+
+
+def bundled_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies inside the models that ship with the package (``ddim/weights``):
+    their calibration files are part of the release, and no default save rewrites them."""
+    shipped = Path(str(resources.files("ddim") / "weights")).resolve()
+    return Path(path).resolve().is_relative_to(shipped)
+
+
+def bundled_refusal(path: str | os.PathLike) -> str:
+    """The message that refuses a default save into a bundled model's calibration file."""
+    return (f"{path} ships with the ddim package (a bundled model): a default save does not "
+            "rewrite it; give a file of your own (save(path) / ddim calibrate --out FILE) and "
+            "read it with ddim.calibrated_timesteps(path, ...) or --calibration FILE")
 
 
 def read_calibrations(path: str | os.PathLike) -> list[dict[str, Any]]:
