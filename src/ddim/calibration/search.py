@@ -38,13 +38,7 @@ import torch
 
 from .._version import __version__
 from ..checks import check_bool, check_choice, check_int
-from ..loading.calibrations import (
-    bundled_file,
-    bundled_refusal,
-    default_file,
-    grid_key,
-    save_grid,
-)
+from ..loading.calibrations import default_file, grid_key, refuse_bundled, save_grid
 from ..maths.grids import timesteps
 from ..maths.schedule import NoiseSchedule
 from ..sampling.model_contract import model_sample_shape
@@ -118,8 +112,7 @@ class Calibration:
             if path is None:
                 raise ValueError("the model was not loaded from a folder: pass the path of "
                                  "the calibration file")
-            if bundled_file(path):
-                raise ValueError(bundled_refusal(path))
+            refuse_bundled(path)
         return save_grid(path, self.entry())
 
 

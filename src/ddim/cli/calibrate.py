@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..calibration.search import calibrate_timesteps
 from ..checks import plural
-from ..loading.calibrations import bundled_file, bundled_refusal, default_file
+from ..loading.calibrations import default_file, refuse_bundled
 from .base import CliError
 from .common import (
     check_class_options,
@@ -69,8 +69,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise CliError(f"--model {args.model} has no folder to keep its calibration in: "
                        "pass --out FILE.json")
     if args.out is None:
-        if bundled_file(out):
-            raise CliError(f"--model {args.model}: {bundled_refusal(out)}")
+        try:
+            refuse_bundled(out)
+        except ValueError as err:
+            raise CliError(f"--model {args.model}: {err}") from None
         check_output(out, (".json",), flag="--out (the model folder's calibration.json)")
     labels = model_labels(args, bundle)
     for steps in args.steps:

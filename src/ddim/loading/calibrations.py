@@ -70,18 +70,19 @@ def default_file(network: Any) -> Path | None:
     return root / FILE_NAME
 
 
-def bundled_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` lies inside the models that ship with the package (``ddim/weights``):
-    their calibration files are part of the release, and no default save rewrites them."""
+def refuse_bundled(path: str | os.PathLike) -> None:
+    """Refuse ``path`` as the default file of a save when it lies inside the models that ship
+    with the package (``ddim/weights``): their calibration files are part of the release.
+
+    Raises:
+        ValueError: naming the file and the two ways out.
+    """
     shipped = Path(str(resources.files("ddim") / "weights")).resolve()
-    return Path(path).resolve().is_relative_to(shipped)
-
-
-def bundled_refusal(path: str | os.PathLike) -> str:
-    """The message that refuses a default save into a bundled model's calibration file."""
-    return (f"{path} ships with the ddim package (a bundled model): a default save does not "
-            "rewrite it; give a file of your own (save(path) / ddim calibrate --out FILE) and "
-            "read it with ddim.calibrated_timesteps(path, ...) or --calibration FILE")
+    if Path(path).resolve().is_relative_to(shipped):
+        raise ValueError(f"{path} ships with the ddim package (a bundled model): a default "
+                         "save does not rewrite it; give a file of your own (save(path) / "
+                         "ddim calibrate --out FILE) and read it with "
+                         "ddim.calibrated_timesteps(path, ...) or --calibration FILE")
 
 
 def read_calibrations(path: str | os.PathLike) -> list[dict[str, Any]]:
